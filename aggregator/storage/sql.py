@@ -1,0 +1,782 @@
+"""The one Storage implementation: SQLAlchemy Core over SQLite (default) or PostgreSQL.
+
+Rows never leave this module: callers get the value types of aggregator.types.
+Writes are batched (bulk INSERT ... ON CONFLICT in chunks, one transaction per source).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+from aggregator.errors import LockedError, ReviewError, StorageError
+from aggregator.storage import schema as t
+from aggregator.types import (
+    Decision,
+    Item,
+    LabeledExample,
+    Prediction,
+    RunReport,
+    Source,
+    SourceState,
+    StoredItem,
+)
+
+CHUNK = 500
+MIGRATIONS = Path(__file__).with_name("migrations")
+_ITEM_FIELDS = (
+    "title", "url", "source", "kind", "summary_text", "summary_html", "authors", "tags", "published",
+    "arxiv_id", "arxiv_version", "repo", "version", "prerelease", "content_hash",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCounts:
+    """What one batch of items did to the database."""
+
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    new_ids: tuple[int, ...] = ()
+    changed_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ItemQuery:
+    """Filters for listing stored items (CLI `items`, exports, the queue)."""
+
+    text: str | None = None
+    source: str | None = None
+    kind: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int | None = None
+    newest_first: bool = True
+
+
+def open_storage(url: str, *, migrate: bool = True) -> Storage:
+    """Open (and by default migrate) the database at `url`. StorageError names the URL on failure."""
+    storage = Storage(url)
+    if migrate:
+        storage.upgrade()
+    return storage
+
+
+class Storage:
+    """Everything the tool keeps, behind one interface."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _make_engine(url)
+        self.dialect = self.engine.dialect.name
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def upgrade(self) -> None:
+        """Apply pending Alembic migrations."""
+        with self._tx("migrate") as conn:
+            config = AlembicConfig()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+    def schema_version(self) -> tuple[str | None, str | None]:
+        """(current revision in the database, newest revision shipped)."""
+        with self._read("read schema version") as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+        config = AlembicConfig()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        return current, ScriptDirectory.from_config(config).get_current_head()
+
+    @contextmanager
+    def _tx(self, what: str) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StorageError(f"database {self._display_url()}: cannot {what}: {_reason(exc)}") from exc
+
+    @contextmanager
+    def _read(self, what: str) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StorageError(f"database {self._display_url()}: cannot {what}: {_reason(exc)}") from exc
+
+    def _display_url(self) -> str:
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+
+    def _insert(self, table: sa.Table) -> Any:
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+
+    # -- sources -----------------------------------------------------------------------------
+
+    def sync_sources(self, configured: Sequence[Source], now: datetime) -> None:
+        """Mirror the configured sources; fetch state of known sources is kept."""
+        with self._tx("sync sources") as conn:
+            for source in configured:
+                values = {
+                    "kind": source.kind,
+                    "url": source.url,
+                    "enabled": source.enabled,
+                    "interval_seconds": source.interval.total_seconds(),
+                }
+                stmt = self._insert(t.sources).values(name=source.name, created=now, error_count=0, **values)
+                conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=values))
+
+    def source_states(self) -> dict[str, SourceState]:
+        counts = sa.select(t.items.c.source, sa.func.count().label("n")).group_by(t.items.c.source).subquery()
+        query = sa.select(t.sources, counts.c.n).outerjoin(counts, counts.c.source == t.sources.c.name)
+        with self._read("read sources") as conn:
+            rows = conn.execute(query.order_by(t.sources.c.name)).mappings().all()
+        return {row["name"]: _state(row) for row in rows}
+
+    def source_rows(self) -> list[dict[str, Any]]:
+        """Sources with their URL and health, for `aggregator sources`."""
+        states = self.source_states()
+        with self._read("read sources") as conn:
+            rows = conn.execute(sa.select(t.sources.c.name, t.sources.c.url, t.sources.c.kind)).all()
+        urls = {name: (url, kind) for name, url, kind in rows}
+        return [
+            {"name": name, "kind": urls[name][1], "url": urls[name][0], **_state_json(state)}
+            for name, state in states.items()
+        ]
+
+    def record_fetch(
+        self,
+        name: str,
+        *,
+        at: datetime,
+        next_check: datetime,
+        error: str | None = None,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        pause_after: int | None = None,
+        conn: Connection | None = None,
+    ) -> None:
+        """Store one fetch outcome. Success resets the error count; errors keep the last validators."""
+        src = t.sources.c
+        if error is None:
+            values: dict[str, Any] = {
+                "last_success": at,
+                "error_count": 0,
+                "next_check": next_check,
+                "etag": etag,
+                "last_modified": last_modified,
+            }
+        else:
+            values = {
+                "last_error": error[:1000],
+                "last_error_at": at,
+                "error_count": src.error_count + 1,
+                "next_check": next_check,
+            }
+            if pause_after is not None:
+                values["paused"] = sa.or_(src.paused, src.error_count + 1 >= pause_after)
+        stmt = t.sources.update().where(src.name == name).values(**values)
+        if conn is not None:
+            conn.execute(stmt)
+            return
+        with self._tx(f"record fetch of {name}") as tx:
+            tx.execute(stmt)
+
+    def set_paused(self, name: str, paused: bool) -> bool:
+        src = t.sources.c
+        values: dict[str, Any] = {"paused": paused}
+        if not paused:
+            values.update(error_count=0, next_check=None)
+        with self._tx(f"update source {name}") as conn:
+            return conn.execute(t.sources.update().where(src.name == name).values(**values)).rowcount > 0
+
+    # -- items -------------------------------------------------------------------------------
+
+    def store_items(self, batch: Sequence[Item], now: datetime, *, conn: Connection | None = None) -> StoreCounts:
+        """Insert new items, update changed ones (first_seen kept), count unchanged ones."""
+        unique = list({item.key: item for item in batch}.values())
+        if conn is None:
+            with self._tx("store items") as tx:
+                return self._store(tx, unique, now)
+        return self._store(conn, unique, now)
+
+    @contextmanager
+    def transaction(self, what: str = "write") -> Iterator[Connection]:
+        """One transaction for a group of writes (the pipeline stores one source per transaction)."""
+        with self._tx(what) as conn:
+            yield conn
+
+    def _store(self, conn: Connection, batch: list[Item], now: datetime) -> StoreCounts:
+        new_ids: list[int] = []
+        changed_ids: list[int] = []
+        unchanged = 0
+        for start in range(0, len(batch), CHUNK):
+            chunk = batch[start : start + CHUNK]
+            known = dict(
+                conn.execute(
+                    sa.select(t.items.c.key, t.items.c.content_hash).where(
+                        t.items.c.key.in_([i.key for i in chunk])
+                    )
+                ).all()
+            )
+            fresh = [i for i in chunk if i.key not in known]
+            changed = [i for i in chunk if i.key in known and known[i.key] != i.content_hash]
+            unchanged += len(chunk) - len(fresh) - len(changed)
+            if fresh:
+                rows = [_item_row(i, now) | {"first_seen": now} for i in fresh]
+                stmt = self._insert(t.items).values(rows).on_conflict_do_nothing(index_elements=["key"])
+                conn.execute(stmt)
+                new_ids += self._ids_for(conn, [i.key for i in fresh])
+            if changed:
+                changed_ids += self._update_items(conn, changed, now)
+        return StoreCounts(len(new_ids), len(changed_ids), unchanged, tuple(new_ids), tuple(changed_ids))
+
+    def _update_items(self, conn: Connection, changed: list[Item], now: datetime) -> list[int]:
+        rows = [_item_row(i, now) for i in changed]
+        stmt = self._insert(t.items).values([r | {"first_seen": now} for r in rows])
+        excluded = stmt.excluded
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["key"],
+            set_={name: getattr(excluded, name) for name in (*_ITEM_FIELDS, "updated_at")},
+        )
+        conn.execute(stmt)
+        return self._ids_for(conn, [i.key for i in changed])
+
+    @staticmethod
+    def _ids_for(conn: Connection, keys: list[str]) -> list[int]:
+        return list(conn.execute(sa.select(t.items.c.id).where(t.items.c.key.in_(keys))).scalars())
+
+    def item_count(self, source: str | None = None) -> int:
+        query = sa.select(sa.func.count()).select_from(t.items)
+        if source:
+            query = query.where(t.items.c.source == source)
+        with self._read("count items") as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def items(self, query: ItemQuery = ItemQuery()) -> list[StoredItem]:
+        return list(self.iter_items(query))
+
+    def iter_items(self, query: ItemQuery = ItemQuery()) -> Iterator[StoredItem]:
+        stmt = _item_filter(sa.select(t.items), query)
+        order = t.items.c.published.desc() if query.newest_first else t.items.c.published.asc()
+        stmt = stmt.order_by(order, t.items.c.id.desc())
+        if query.limit is not None:
+            stmt = stmt.limit(query.limit)
+        with self._read("read items") as conn:
+            for row in conn.execute(stmt.execution_options(yield_per=1000)).mappings():
+                yield _stored_item(row)
+
+    def item_by_id(self, item_id: int) -> StoredItem | None:
+        with self._read("read item") as conn:
+            row = conn.execute(sa.select(t.items).where(t.items.c.id == item_id)).mappings().first()
+        return _stored_item(row) if row else None
+
+    def items_by_ids(self, ids: Iterable[int]) -> dict[int, StoredItem]:
+        wanted = list(ids)
+        found: dict[int, StoredItem] = {}
+        with self._read("read items") as conn:
+            for start in range(0, len(wanted), CHUNK):
+                stmt = sa.select(t.items).where(t.items.c.id.in_(wanted[start : start + CHUNK]))
+                for row in conn.execute(stmt).mappings():
+                    found[row["id"]] = _stored_item(row)
+        return found
+
+    def set_clusters(self, assignment: Mapping[int, int | None]) -> None:
+        """Store story-cluster membership (item id -> cluster id)."""
+        with self._tx("store clusters") as conn:
+            for item_id, cluster_id in assignment.items():
+                conn.execute(t.items.update().where(t.items.c.id == item_id).values(cluster_id=cluster_id))
+
+    # -- predictions -------------------------------------------------------------------------
+
+    def save_predictions(self, predictions: Sequence[tuple[int, Prediction]], now: datetime) -> None:
+        if not predictions:
+            return
+        with self._tx("store predictions") as conn:
+            for start in range(0, len(predictions), CHUNK):
+                rows = [_prediction_row(item_id, p, now) for item_id, p in predictions[start : start + CHUNK]]
+                stmt = self._insert(t.predictions).values(rows)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["item_id"],
+                    set_={c: getattr(stmt.excluded, c) for c in rows[0] if c != "item_id"},
+                )
+                conn.execute(stmt)
+
+    def predictions_for(self, ids: Iterable[int]) -> dict[int, Prediction]:
+        wanted = list(ids)
+        found: dict[int, Prediction] = {}
+        query = sa.select(t.predictions, t.items.c.key).join(t.items, t.items.c.id == t.predictions.c.item_id)
+        with self._read("read predictions") as conn:
+            for start in range(0, len(wanted), CHUNK):
+                chunk = wanted[start : start + CHUNK]
+                for row in conn.execute(query.where(t.predictions.c.item_id.in_(chunk))).mappings():
+                    found[row["item_id"]] = _prediction(row)
+        return found
+
+    def unclassified_ids(self, model_version: str | None = None) -> list[int]:
+        """Items with no prediction, or (when a version is given) predicted by another model."""
+        pred = t.predictions.c
+        query = sa.select(t.items.c.id).outerjoin(t.predictions, pred.item_id == t.items.c.id)
+        condition = pred.item_id.is_(None)
+        if model_version is not None:
+            condition = sa.or_(condition, pred.model_version.is_distinct_from(model_version))
+        with self._read("find unclassified items") as conn:
+            return list(conn.execute(query.where(condition).order_by(t.items.c.id)).scalars())
+
+    def candidate_ids(self) -> list[int]:
+        """Items no editor has decided yet (the queue, before filters)."""
+        state = t.item_state.c
+        query = (
+            sa.select(t.items.c.id)
+            .outerjoin(t.item_state, state.item_id == t.items.c.id)
+            .where(sa.or_(state.status.is_(None), state.status == "candidate"))
+        )
+        with self._read("read queue") as conn:
+            return list(conn.execute(query).scalars())
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def add_decision(self, item_id: int, decision: Decision, *, undoes: int | None = None) -> int:
+        """Append one editor event and update the derived item state in the same transaction."""
+        with self._tx("record decision") as conn:
+            return self._append_decision(conn, item_id, decision, undoes)
+
+    def add_decisions(self, batch: Sequence[tuple[int, Decision]]) -> list[int]:
+        with self._tx("record decisions") as conn:
+            return [self._append_decision(conn, item_id, d, None) for item_id, d in batch]
+
+    def _append_decision(self, conn: Connection, item_id: int, d: Decision, undoes: int | None) -> int:
+        exists = conn.execute(sa.select(t.items.c.id).where(t.items.c.id == item_id)).first()
+        if exists is None:
+            raise ReviewError(f"no item with id {item_id}")
+        values = {
+            "item_id": item_id,
+            "editor": d.editor,
+            "at": d.at,
+            "action": d.action,
+            "section": d.section,
+            "item_type": d.item_type,
+            "reason": d.reason,
+            "model_version": d.model_version,
+            "undoes": undoes,
+        }
+        decision_id = int(conn.execute(t.decisions.insert().values(**values)).inserted_primary_key[0])
+        self._refresh_state(conn, item_id)
+        return decision_id
+
+    def _refresh_state(self, conn: Connection, item_id: int) -> None:
+        """Replay an item's log: undo cancels the event it names; the latest remaining one wins."""
+        rows = conn.execute(
+            sa.select(t.decisions).where(t.decisions.c.item_id == item_id).order_by(t.decisions.c.id)
+        ).mappings()
+        state = derive_state([_decision(row, "") for row in rows])
+        conn.execute(t.item_state.delete().where(t.item_state.c.item_id == item_id))
+        conn.execute(t.item_state.insert().values(item_id=item_id, **state))
+
+    def decisions(
+        self, *, item_id: int | None = None, since: datetime | None = None, editor: str | None = None
+    ) -> list[tuple[int, Decision]]:
+        d = t.decisions.c
+        query = sa.select(t.decisions, t.items.c.key).join(t.items, t.items.c.id == d.item_id)
+        if item_id is not None:
+            query = query.where(d.item_id == item_id)
+        if since is not None:
+            query = query.where(d.at >= since)
+        if editor is not None:
+            query = query.where(d.editor == editor)
+        with self._read("read decisions") as conn:
+            rows = conn.execute(query.order_by(d.id)).mappings().all()
+        return [(row["item_id"], _decision(row, row["key"])) for row in rows]
+
+    def decision_count(self, since: datetime | None = None) -> int:
+        query = sa.select(sa.func.count()).select_from(t.decisions)
+        if since is not None:
+            query = query.where(t.decisions.c.at >= since)
+        with self._read("count decisions") as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def item_states(self, ids: Iterable[int] | None = None) -> dict[int, dict[str, Any]]:
+        query = sa.select(t.item_state)
+        wanted = None if ids is None else list(ids)
+        with self._read("read item states") as conn:
+            if wanted is None:
+                rows = conn.execute(query).mappings().all()
+            else:
+                rows = []
+                for start in range(0, len(wanted), CHUNK):
+                    chunk = wanted[start : start + CHUNK]
+                    rows += conn.execute(query.where(t.item_state.c.item_id.in_(chunk))).mappings().all()
+        return {row["item_id"]: dict(row) for row in rows}
+
+    # -- labeled examples --------------------------------------------------------------------
+
+    def add_examples(self, batch: Sequence[LabeledExample], now: datetime) -> int:
+        """Store labeled examples once each (same title + url + label = same example). Returns new count."""
+        added = 0
+        with self._tx("store examples") as conn:
+            for start in range(0, len(batch), CHUNK):
+                rows = [_example_row(e, now) for e in batch[start : start + CHUNK]]
+                rows = list({r["fingerprint"]: r for r in rows}.values())
+                stmt = self._insert(t.examples).values(rows).on_conflict_do_nothing(index_elements=["fingerprint"])
+                added += max(conn.execute(stmt).rowcount, 0)
+        return added
+
+    def examples(self) -> list[LabeledExample]:
+        with self._read("read examples") as conn:
+            rows = conn.execute(sa.select(t.examples).order_by(t.examples.c.id)).mappings().all()
+        return [
+            LabeledExample(
+                title=r["title"],
+                label=r["label"],
+                summary=r["summary"],
+                url=r["url"],
+                item_type=r["item_type"],
+                date=r["date"],
+                origin=r["origin"],
+            )
+            for r in rows
+        ]
+
+    # -- runs, exports, locks ----------------------------------------------------------------
+
+    def record_run(self, report: RunReport, kind: str = "run") -> int:
+        row = {
+            "kind": kind,
+            "started": report.started,
+            "finished": report.finished,
+            "new": report.new,
+            "updated": report.updated,
+            "sources": len(report.results),
+            "failed": len(report.failed),
+            "report": {
+                "results": [
+                    {
+                        "source": r.source,
+                        "status": r.status,
+                        "new": r.new,
+                        "updated": r.updated,
+                        "unchanged": r.unchanged,
+                        "error": r.error,
+                        "http_status": r.http_status,
+                        "ms": round(r.ms, 1),
+                    }
+                    for r in report.results
+                ],
+                "notes": list(report.notes),
+            },
+        }
+        with self._tx("record run") as conn:
+            return int(conn.execute(t.runs.insert().values(**row)).inserted_primary_key[0])
+
+    def recent_runs(self, limit: int = 10) -> list[dict[str, Any]]:
+        query = sa.select(t.runs).order_by(t.runs.c.started.desc(), t.runs.c.id.desc()).limit(limit)
+        with self._read("read runs") as conn:
+            return [dict(row) for row in conn.execute(query).mappings()]
+
+    def record_export(
+        self, *, at: datetime, fmt: str, filters: Mapping[str, Any], path: str | None, item_ids: Sequence[int]
+    ) -> int:
+        values = {
+            "at": at,
+            "format": fmt,
+            "filters": json.loads(json.dumps(filters, default=str)),
+            "path": path,
+            "count": len(item_ids),
+            "item_ids": list(item_ids),
+        }
+        with self._tx("record export") as conn:
+            return int(conn.execute(t.exports.insert().values(**values)).inserted_primary_key[0])
+
+    def exports(self, limit: int = 50) -> list[dict[str, Any]]:
+        query = sa.select(t.exports).order_by(t.exports.c.id.desc()).limit(limit)
+        with self._read("read exports") as conn:
+            return [dict(row) for row in conn.execute(query).mappings()]
+
+    def acquire_lock(self, name: str, owner: str, now: datetime, ttl: timedelta) -> bool:
+        """Take a named lease if it is free or expired. Atomic on SQLite and PostgreSQL."""
+        expires = now + ttl
+        with self._tx(f"take lock {name}") as conn:
+            conn.execute(t.locks.delete().where(t.locks.c.name == name, t.locks.c.expires < now))
+            stmt = self._insert(t.locks).values(name=name, owner=owner, acquired=now, expires=expires)
+            taken = conn.execute(stmt.on_conflict_do_nothing(index_elements=["name"])).rowcount
+            return bool(taken)
+
+    def refresh_lock(self, name: str, owner: str, now: datetime, ttl: timedelta) -> bool:
+        lock = t.locks.c
+        with self._tx(f"refresh lock {name}") as conn:
+            stmt = t.locks.update().where(lock.name == name, lock.owner == owner).values(expires=now + ttl)
+            return conn.execute(stmt).rowcount > 0
+
+    def release_lock(self, name: str, owner: str) -> None:
+        with self._tx(f"release lock {name}") as conn:
+            conn.execute(t.locks.delete().where(t.locks.c.name == name, t.locks.c.owner == owner))
+
+    def lock_holder(self, name: str) -> dict[str, Any] | None:
+        with self._read(f"read lock {name}") as conn:
+            row = conn.execute(sa.select(t.locks).where(t.locks.c.name == name)).mappings().first()
+        return dict(row) if row else None
+
+    @contextmanager
+    def run_lock(self, owner: str, now: datetime, ttl: timedelta = timedelta(hours=2)) -> Iterator[None]:
+        """Hold the run lock for a block, or raise LockedError naming who holds it."""
+        if not self.acquire_lock("run", owner, now, ttl):
+            holder = self.lock_holder("run") or {}
+            since = holder.get("acquired")
+            when = f" since {since:%Y-%m-%d %H:%M:%S} UTC" if since else ""
+            raise LockedError(
+                f"another run is in progress ({holder.get('owner', 'unknown')}{when}); "
+                f"its lock expires at {holder.get('expires', '?')}"
+            )
+        try:
+            yield
+        finally:
+            self.release_lock("run", owner)
+
+
+# -- helpers: rows <-> values ------------------------------------------------------------------
+
+
+def derive_state(log: Sequence[Decision]) -> dict[str, Any]:
+    """An item's current state from its decision log (oldest first). Undo removes the latest
+    not-yet-undone state-changing event; notes annotate without changing the status."""
+    effective: list[Decision] = []
+    note: str | None = None
+    for d in log:
+        if d.action == "undo":
+            if effective:
+                effective.pop()
+        elif d.action == "note":
+            note = d.reason
+        elif d.action in ("accept", "reject", "move"):
+            effective.append(d)
+    if not effective:
+        return {"status": "candidate", "section": None, "item_type": None, "note": note,
+                "decided_by": None, "decided_at": None}  # fmt: skip
+    last = effective[-1]
+    status = {"accept": "accepted", "reject": "rejected", "move": "candidate"}[last.action]
+    section = next((d.section for d in reversed(effective) if d.section), None)
+    item_type = next((d.item_type for d in reversed(effective) if d.item_type), None)
+    if last.action == "move":
+        # a move keeps an accepted item accepted, in its new section
+        earlier = [d for d in effective[:-1] if d.action != "move"]
+        status = "accepted" if earlier and earlier[-1].action == "accept" else "candidate"
+    return {"status": status, "section": section, "item_type": item_type, "note": note,
+            "decided_by": last.editor, "decided_at": last.at}  # fmt: skip
+
+
+def _make_engine(url: str) -> Engine:
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        raise StorageError(f"database URL {url!r} is not a valid SQLAlchemy URL") from None
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            return _sqlite_engine(parsed)
+        return sa.create_engine(parsed, pool_pre_ping=True, future=True)
+    except (ImportError, sa.exc.NoSuchModuleError) as exc:
+        raise StorageError(f"database {parsed.render_as_string(hide_password=True)}: driver missing: {exc}") from None
+
+
+def _sqlite_engine(parsed: sa.engine.URL) -> Engine:
+    database = parsed.database or ""
+    memory = database in ("", ":memory:")
+    if not memory:
+        folder = Path(database).parent
+        if not folder.exists():
+            raise StorageError(f"database {database}: folder {folder} does not exist")
+    engine = sa.create_engine(
+        parsed,
+        connect_args={"timeout": 30, "check_same_thread": False},
+        poolclass=StaticPool if memory else None,
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        # WAL lets readers (the review page) work while a run writes; busy_timeout waits on a lock
+        # instead of failing at once.
+        cursor = dbapi_conn.cursor()
+        if not memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return engine
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc)
+    return " ".join(text.split())[:300]
+
+
+def _item_row(item: Item, now: datetime) -> dict[str, Any]:
+    return {
+        "key": item.key,
+        "title": item.title,
+        "url": item.url,
+        "source": item.source,
+        "kind": item.kind,
+        "summary_text": item.summary_text,
+        "summary_html": item.summary_html,
+        "authors": list(item.authors),
+        "tags": list(item.tags),
+        "published": item.published,
+        "arxiv_id": item.arxiv_id,
+        "arxiv_version": item.arxiv_version,
+        "repo": item.repo,
+        "version": item.version,
+        "prerelease": item.prerelease,
+        "content_hash": item.content_hash,
+        "updated_at": now,
+    }
+
+
+def _stored_item(row: Mapping[str, Any]) -> StoredItem:
+    item = Item(
+        key=row["key"],
+        title=row["title"],
+        url=row["url"],
+        source=row["source"],
+        kind=row["kind"],
+        summary_text=row["summary_text"],
+        summary_html=row["summary_html"],
+        authors=tuple(row["authors"] or ()),
+        published=row["published"],
+        tags=tuple(row["tags"] or ()),
+        arxiv_id=row["arxiv_id"],
+        arxiv_version=row["arxiv_version"],
+        repo=row["repo"],
+        version=row["version"],
+        prerelease=bool(row["prerelease"]),
+        content_hash=row["content_hash"],
+    )
+    return StoredItem(row["id"], item, row["first_seen"], row["updated_at"], row["cluster_id"])
+
+
+def _item_filter(stmt: sa.Select[Any], query: ItemQuery) -> sa.Select[Any]:
+    c = t.items.c
+    if query.source:
+        stmt = stmt.where(c.source == query.source)
+    if query.kind:
+        stmt = stmt.where(c.kind == query.kind)
+    if query.since:
+        stmt = stmt.where(c.published >= query.since)
+    if query.until:
+        stmt = stmt.where(c.published < query.until)
+    if query.text:
+        for word in query.text.split():
+            pattern = f"%{word}%"
+            stmt = stmt.where(sa.or_(c.title.ilike(pattern), c.summary_text.ilike(pattern)))
+    return stmt
+
+
+def _state(row: Mapping[str, Any]) -> SourceState:
+    return SourceState(
+        name=row["name"],
+        etag=row["etag"],
+        last_modified=row["last_modified"],
+        last_success=row["last_success"],
+        last_error=row["last_error"],
+        error_count=row["error_count"] or 0,
+        next_check=row["next_check"],
+        paused=bool(row["paused"]),
+        items=row["n"] or 0,
+    )
+
+
+def _state_json(state: SourceState) -> dict[str, Any]:
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "last_success": iso(state.last_success),
+        "last_error": state.last_error,
+        "error_count": state.error_count,
+        "next_check": iso(state.next_check),
+        "paused": state.paused,
+        "items": state.items,
+    }
+
+
+def _prediction_row(item_id: int, p: Prediction, now: datetime) -> dict[str, Any]:
+    return {
+        "item_id": item_id,
+        "section": p.section,
+        "confidence": float(p.confidence),
+        "item_type": p.item_type,
+        "top_terms": list(p.top_terms),
+        "model_version": p.model_version,
+        "relevance": p.relevance,
+        "predicted_at": now,
+    }
+
+
+def _prediction(row: Mapping[str, Any]) -> Prediction:
+    return Prediction(
+        item_key=row["key"],
+        section=row["section"],
+        confidence=row["confidence"],
+        item_type=row["item_type"],
+        model_version=row["model_version"],
+        top_terms=tuple(row["top_terms"] or ()),
+        relevance=row["relevance"],
+    )
+
+
+def _decision(row: Mapping[str, Any], key: str) -> Decision:
+    return Decision(
+        item_key=key,
+        editor=row["editor"],
+        at=row["at"],
+        action=row["action"],
+        section=row["section"],
+        item_type=row["item_type"],
+        reason=row["reason"],
+        model_version=row["model_version"],
+        id=row["id"],
+    )
+
+
+def _example_row(e: LabeledExample, now: datetime) -> dict[str, Any]:
+    fingerprint = hashlib.sha256(f"{e.title}\x00{e.url}\x00{e.label}".encode()).hexdigest()
+    return {
+        "fingerprint": fingerprint,
+        "title": e.title,
+        "summary": e.summary,
+        "url": e.url,
+        "label": e.label,
+        "item_type": e.item_type,
+        "date": e.date,
+        "origin": e.origin,
+        "imported_at": now,
+    }
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
