@@ -249,8 +249,8 @@ class Storage:
             if fresh:
                 rows = [_item_row(i, now) | {"first_seen": now} for i in fresh]
                 stmt = self._insert(t.items).values(rows).on_conflict_do_nothing(index_elements=["key"])
-                conn.execute(stmt)
-                new_ids += self._ids_for(conn, [i.key for i in fresh])
+                # RETURNING gives only the rows this call inserted: a concurrent worker's are not "new" here
+                new_ids += conn.execute(stmt.returning(t.items.c.id)).scalars().all()
             if changed:
                 changed_ids += self._update_items(conn, changed, now)
         return StoreCounts(len(new_ids), len(changed_ids), unchanged, tuple(new_ids), tuple(changed_ids))
@@ -311,6 +311,23 @@ class Storage:
             for item_id, cluster_id in assignment.items():
                 conn.execute(t.items.update().where(t.items.c.id == item_id).values(cluster_id=cluster_id))
 
+    def add_split(self, item_id: int, other_id: int, editor: str, at: datetime) -> None:
+        """Remember that an editor split two items apart: dedupe never merges them again."""
+        low, high = sorted((item_id, other_id))
+        with self._tx("record split") as conn:
+            stmt = self._insert(t.cluster_splits).values(item_id=low, other_id=high, editor=editor, at=at)
+            conn.execute(stmt.on_conflict_do_nothing(index_elements=["item_id", "other_id"]))
+
+    def cluster_splits(self) -> set[frozenset[int]]:
+        with self._read("read splits") as conn:
+            rows = conn.execute(sa.select(t.cluster_splits.c.item_id, t.cluster_splits.c.other_id)).all()
+        return {frozenset(row) for row in rows}
+
+    def cluster_members(self, cluster_id: int) -> list[StoredItem]:
+        query = sa.select(t.items).where(t.items.c.cluster_id == cluster_id).order_by(t.items.c.id)
+        with self._read("read cluster") as conn:
+            return [_stored_item(row) for row in conn.execute(query).mappings()]
+
     # -- predictions -------------------------------------------------------------------------
 
     def save_predictions(self, predictions: Sequence[tuple[int, Prediction]], now: datetime) -> None:
@@ -337,13 +354,15 @@ class Storage:
                     found[row["item_id"]] = _prediction(row)
         return found
 
-    def unclassified_ids(self, model_version: str | None = None) -> list[int]:
-        """Items with no prediction, or (when a version is given) predicted by another model."""
+    def unclassified_ids(self, model_version: str | None = None, *, rescore: bool = False) -> list[int]:
+        """Items to classify: those with no prediction; when a model is live, also those predicted
+        while none was; with `rescore`, also those predicted by another model version."""
         pred = t.predictions.c
         query = sa.select(t.items.c.id).outerjoin(t.predictions, pred.item_id == t.items.c.id)
         condition = pred.item_id.is_(None)
         if model_version is not None:
-            condition = sa.or_(condition, pred.model_version.is_distinct_from(model_version))
+            stale = pred.model_version.is_distinct_from(model_version) if rescore else pred.model_version.is_(None)
+            condition = sa.or_(condition, stale)
         with self._read("find unclassified items") as conn:
             return list(conn.execute(query.where(condition).order_by(t.items.c.id)).scalars())
 
@@ -357,6 +376,21 @@ class Storage:
         )
         with self._read("read queue") as conn:
             return list(conn.execute(query).scalars())
+
+    def queue_counts(self) -> dict[str, int]:
+        """Undecided items per section (moved items count in their new section)."""
+        state, pred = t.item_state.c, t.predictions.c
+        section = sa.func.coalesce(state.section, pred.section, "(unclassified)").label("section")
+        query = (
+            sa.select(section, sa.func.count())
+            .select_from(t.items)
+            .outerjoin(t.item_state, state.item_id == t.items.c.id)
+            .outerjoin(t.predictions, pred.item_id == t.items.c.id)
+            .where(sa.or_(state.status.is_(None), state.status == "candidate"))
+            .group_by(section)
+        )
+        with self._read("count the queue") as conn:
+            return {name: int(n) for name, n in conn.execute(query).all()}
 
     # -- decisions ---------------------------------------------------------------------------
 
@@ -442,7 +476,7 @@ class Storage:
                 rows = [_example_row(e, now) for e in batch[start : start + CHUNK]]
                 rows = list({r["fingerprint"]: r for r in rows}.values())
                 stmt = self._insert(t.examples).values(rows).on_conflict_do_nothing(index_elements=["fingerprint"])
-                added += max(conn.execute(stmt).rowcount, 0)
+                added += len(conn.execute(stmt.returning(t.examples.c.id)).all())
         return added
 
     def examples(self) -> list[LabeledExample]:
@@ -522,8 +556,8 @@ class Storage:
         with self._tx(f"take lock {name}") as conn:
             conn.execute(t.locks.delete().where(t.locks.c.name == name, t.locks.c.expires < now))
             stmt = self._insert(t.locks).values(name=name, owner=owner, acquired=now, expires=expires)
-            taken = conn.execute(stmt.on_conflict_do_nothing(index_elements=["name"])).rowcount
-            return bool(taken)
+            stmt = stmt.on_conflict_do_nothing(index_elements=["name"]).returning(t.locks.c.name)
+            return conn.execute(stmt).first() is not None
 
     def refresh_lock(self, name: str, owner: str, now: datetime, ttl: timedelta) -> bool:
         lock = t.locks.c

@@ -1,0 +1,106 @@
+"""The `aggregator` command: a thin layer that parses arguments, calls the library and prints.
+
+Every library error (an AggregatorError) becomes one line on stderr and exit status 1; a run
+whose sources failed still exits 0 (they are in its report) unless --strict is given (exit 2).
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from aggregator import __version__
+from aggregator.config import Settings, config_path, load_settings
+from aggregator.errors import AggregatorError
+from aggregator.logs import setup_logging
+from aggregator.storage import Storage, open_storage
+
+EXIT_ERROR = 1
+EXIT_SOURCES_FAILED = 2
+
+
+class App:
+    """What every command needs, loaded on first use (so `--help` never touches the config)."""
+
+    def __init__(self, config: str | None) -> None:
+        self.config = config_path(config)
+        self._settings: Settings | None = None
+        self._storage: Storage | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config)
+        return self._settings
+
+    @property
+    def storage(self) -> Storage:
+        if self._storage is None:
+            self._storage = open_storage(self.settings.database_url)
+        return self._storage
+
+    def close(self) -> None:
+        if self._storage is not None:
+            self._storage.close()
+
+    @staticmethod
+    def now() -> datetime:
+        return datetime.now(UTC)
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+class _Group(click.Group):
+    """Turns library errors into one clear line and exit 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AggregatorError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--config",
+    "-c",
+    metavar="PATH",
+    envvar="AGGREGATOR_CONFIG",
+    help="Config file (default ./feeds.yaml; env AGGREGATOR_CONFIG).",
+)
+@click.option("--log-level", default="warning", show_default=True, help="debug, info, warning or error.")
+@click.version_option(__version__, prog_name="aggregator")
+@click.pass_context
+def main(ctx: click.Context, config: str | None, log_level: str) -> None:
+    """Find, classify and queue candidate items for a weekly AI newsletter."""
+    setup_logging(log_level)
+    app = App(config)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+def is_tty() -> bool:
+    return sys.stdout.isatty()
+
+
+def path_arg(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+# Command modules register themselves on `main`.
+from aggregator.cli import ingest  # noqa: E402
+
+__all__ = ["App", "fail", "ingest", "main", "pass_app"]
