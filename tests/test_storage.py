@@ -157,7 +157,9 @@ def test_run_lock_refuses_a_second_run_and_recovers_after_expiry(storage: Storag
 def test_runs_and_exports_are_recorded(storage: Storage) -> None:
     from aggregator.types import FetchResult, RunReport
 
-    report = RunReport(NOW, NOW + timedelta(seconds=3), (FetchResult("a", "new", new=2), FetchResult("b", "error", error="x")))
+    report = RunReport(
+        NOW, NOW + timedelta(seconds=3), (FetchResult("a", "new", new=2), FetchResult("b", "error", error="x"))
+    )
     storage.record_run(report)
     run = storage.recent_runs()[0]
     assert (run["new"], run["failed"], run["sources"]) == (2, 1, 2)

@@ -20,13 +20,13 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.engine import Connection, RowMapping
 
-from aggregator.errors import LockedError, ReviewError, StorageError
+from aggregator.errors import LockedError, ReviewError
 from aggregator.storage import schema as t
+from aggregator.storage.base import CHUNK, StorageBase
+from aggregator.storage.leases import LeaseStore
+from aggregator.storage.queue import QueueStore
 from aggregator.types import (
     Decision,
     Item,
@@ -38,7 +38,6 @@ from aggregator.types import (
     StoredItem,
 )
 
-CHUNK = 500
 MIGRATIONS = Path(__file__).with_name("migrations")
 _ITEM_FIELDS = (
     "title", "url", "source", "kind", "summary_text", "summary_html", "authors", "tags", "published",
@@ -78,13 +77,8 @@ def open_storage(url: str, *, migrate: bool = True) -> Storage:
     return storage
 
 
-class Storage:
+class Storage(QueueStore, LeaseStore, StorageBase):
     """Everything the tool keeps, behind one interface."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.engine = _make_engine(url)
-        self.dialect = self.engine.dialect.name
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -112,28 +106,6 @@ class Storage:
         config = AlembicConfig()
         config.set_main_option("script_location", str(MIGRATIONS))
         return current, ScriptDirectory.from_config(config).get_current_head()
-
-    @contextmanager
-    def _tx(self, what: str) -> Iterator[Connection]:
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except SQLAlchemyError as exc:
-            raise StorageError(f"database {self._display_url()}: cannot {what}: {_reason(exc)}") from exc
-
-    @contextmanager
-    def _read(self, what: str) -> Iterator[Connection]:
-        try:
-            with self.engine.connect() as conn:
-                yield conn
-        except SQLAlchemyError as exc:
-            raise StorageError(f"database {self._display_url()}: cannot {what}: {_reason(exc)}") from exc
-
-    def _display_url(self) -> str:
-        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
-
-    def _insert(self, table: sa.Table) -> Any:
-        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
 
     # -- sources -----------------------------------------------------------------------------
 
@@ -238,9 +210,7 @@ class Storage:
             chunk = batch[start : start + CHUNK]
             known = dict(
                 conn.execute(
-                    sa.select(t.items.c.key, t.items.c.content_hash).where(
-                        t.items.c.key.in_([i.key for i in chunk])
-                    )
+                    sa.select(t.items.c.key, t.items.c.content_hash).where(t.items.c.key.in_([i.key for i in chunk]))
                 ).all()
             )
             fresh = [i for i in chunk if i.key not in known]
@@ -359,7 +329,7 @@ class Storage:
         while none was; with `rescore`, also those predicted by another model version."""
         pred = t.predictions.c
         query = sa.select(t.items.c.id).outerjoin(t.predictions, pred.item_id == t.items.c.id)
-        condition = pred.item_id.is_(None)
+        condition: sa.ColumnElement[bool] = pred.item_id.is_(None)
         if model_version is not None:
             stale = pred.model_version.is_distinct_from(model_version) if rescore else pred.model_version.is_(None)
             condition = sa.or_(condition, stale)
@@ -418,7 +388,7 @@ class Storage:
             "model_version": d.model_version,
             "undoes": undoes,
         }
-        decision_id = int(conn.execute(t.decisions.insert().values(**values)).inserted_primary_key[0])
+        decision_id = int(conn.execute(t.decisions.insert().values(**values).returning(t.decisions.c.id)).scalar_one())
         self._refresh_state(conn, item_id)
         return decision_id
 
@@ -524,7 +494,7 @@ class Storage:
             },
         }
         with self._tx("record run") as conn:
-            return int(conn.execute(t.runs.insert().values(**row)).inserted_primary_key[0])
+            return int(conn.execute(t.runs.insert().values(**row).returning(t.runs.c.id)).scalar_one())
 
     def recent_runs(self, limit: int = 10) -> list[dict[str, Any]]:
         query = sa.select(t.runs).order_by(t.runs.c.started.desc(), t.runs.c.id.desc()).limit(limit)
@@ -543,7 +513,7 @@ class Storage:
             "item_ids": list(item_ids),
         }
         with self._tx("record export") as conn:
-            return int(conn.execute(t.exports.insert().values(**values)).inserted_primary_key[0])
+            return int(conn.execute(t.exports.insert().values(**values).returning(t.exports.c.id)).scalar_one())
 
     def exports(self, limit: int = 50) -> list[dict[str, Any]]:
         query = sa.select(t.exports).order_by(t.exports.c.id.desc()).limit(limit)
@@ -622,53 +592,6 @@ def derive_state(log: Sequence[Decision]) -> dict[str, Any]:
             "decided_by": last.editor, "decided_at": last.at}  # fmt: skip
 
 
-def _make_engine(url: str) -> Engine:
-    try:
-        parsed = sa.engine.make_url(url)
-    except sa.exc.ArgumentError:
-        raise StorageError(f"database URL {url!r} is not a valid SQLAlchemy URL") from None
-    try:
-        if parsed.get_backend_name() == "sqlite":
-            return _sqlite_engine(parsed)
-        return sa.create_engine(parsed, pool_pre_ping=True, future=True)
-    except (ImportError, sa.exc.NoSuchModuleError) as exc:
-        raise StorageError(f"database {parsed.render_as_string(hide_password=True)}: driver missing: {exc}") from None
-
-
-def _sqlite_engine(parsed: sa.engine.URL) -> Engine:
-    database = parsed.database or ""
-    memory = database in ("", ":memory:")
-    if not memory:
-        folder = Path(database).parent
-        if not folder.exists():
-            raise StorageError(f"database {database}: folder {folder} does not exist")
-    engine = sa.create_engine(
-        parsed,
-        connect_args={"timeout": 30, "check_same_thread": False},
-        poolclass=StaticPool if memory else None,
-    )
-
-    @sa.event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-        # WAL lets readers (the review page) work while a run writes; busy_timeout waits on a lock
-        # instead of failing at once.
-        cursor = dbapi_conn.cursor()
-        if not memory:
-            cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    return engine
-
-
-def _reason(exc: SQLAlchemyError) -> str:
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc)
-    return " ".join(text.split())[:300]
-
-
 def _item_row(item: Item, now: datetime) -> dict[str, Any]:
     return {
         "key": item.key,
@@ -691,7 +614,7 @@ def _item_row(item: Item, now: datetime) -> dict[str, Any]:
     }
 
 
-def _stored_item(row: Mapping[str, Any]) -> StoredItem:
+def _stored_item(row: RowMapping) -> StoredItem:
     item = Item(
         key=row["key"],
         title=row["title"],
@@ -730,7 +653,7 @@ def _item_filter(stmt: sa.Select[Any], query: ItemQuery) -> sa.Select[Any]:
     return stmt
 
 
-def _state(row: Mapping[str, Any]) -> SourceState:
+def _state(row: RowMapping) -> SourceState:
     return SourceState(
         name=row["name"],
         etag=row["etag"],
@@ -771,7 +694,7 @@ def _prediction_row(item_id: int, p: Prediction, now: datetime) -> dict[str, Any
     }
 
 
-def _prediction(row: Mapping[str, Any]) -> Prediction:
+def _prediction(row: RowMapping) -> Prediction:
     return Prediction(
         item_key=row["key"],
         section=row["section"],
@@ -783,7 +706,7 @@ def _prediction(row: Mapping[str, Any]) -> Prediction:
     )
 
 
-def _decision(row: Mapping[str, Any], key: str) -> Decision:
+def _decision(row: RowMapping, key: str) -> Decision:
     return Decision(
         item_key=key,
         editor=row["editor"],

@@ -153,9 +153,7 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("model_version", sa.String(length=100), nullable=True),
         sa.Column("undoes", sa.Integer(), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["item_id"], ["items.id"], name=op.f("fk_decisions_item_id_items"), ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["item_id"], ["items.id"], name=op.f("fk_decisions_item_id_items"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_decisions")),
     )
     with op.batch_alter_table("decisions", schema=None) as batch_op:
