@@ -22,7 +22,9 @@ def dedupe_config(settings: Settings) -> DedupeConfig:
     d = settings.model.dedupe
     config = DedupeConfig(window=parse_interval(d.window))
     if d.threshold is not None:
-        config = DedupeConfig(threshold=d.threshold, num_perm=config.num_perm, window=config.window, shingle=config.shingle)
+        config = DedupeConfig(
+            threshold=d.threshold, num_perm=config.num_perm, window=config.window, shingle=config.shingle
+        )
     return config
 
 

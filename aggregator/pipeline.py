@@ -133,9 +133,10 @@ async def _poll_all(
     papers = [s for s in chosen if s.kind == "arxiv"]
     # Parsing and the database run in threads so the event loop keeps fetching; one writer thread
     # keeps SQLite writes in order.
-    with ThreadPoolExecutor(2, thread_name_prefix="parse") as parsers, ThreadPoolExecutor(
-        1, thread_name_prefix="store"
-    ) as writer:
+    with (
+        ThreadPoolExecutor(2, thread_name_prefix="parse") as parsers,
+        ThreadPoolExecutor(1, thread_name_prefix="store") as writer,
+    ):
         lane = _Lane(settings, storage, states, now, parsers, writer, progress)
         async with Fetcher(limits) as fetcher:
             feed_lane = asyncio.gather(*(lane.poll_feed(fetcher, s) for s in feeds))
@@ -303,7 +304,12 @@ class _Lane:
         done = replace(result, ms=(time.perf_counter() - started) * 1000)
         log.info(
             "fetched",
-            extra={"source": done.source, "status": done.status, "items": done.new + done.updated, "ms": round(done.ms)},
+            extra={
+                "source": done.source,
+                "status": done.status,
+                "items": done.new + done.updated,
+                "ms": round(done.ms),
+            },
         )
         if self.progress:
             self.progress(done)

@@ -75,7 +75,13 @@ def _progress(total: int) -> Iterator[Callable[[FetchResult], None] | None]:
     if not (is_tty() and sys.stderr.isatty()) or total == 0:
         yield None
         return
-    columns = (TextColumn("polling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
+    columns = (
+        TextColumn("polling"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+    )
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("", total=total)
         yield lambda result: bar.update(task, advance=1, description=result.source)
@@ -89,7 +95,14 @@ def print_report(report: RunReport) -> None:
         status_text = "304" if r.status == "not_modified" else r.status
         style = "red" if r.failed else None
         table.add_row(
-            r.source, status_text, str(r.new), str(r.updated), str(r.unchanged), f"{r.ms:.0f}", r.error or "", style=style
+            r.source,
+            status_text,
+            str(r.new),
+            str(r.updated),
+            str(r.unchanged),
+            f"{r.ms:.0f}",
+            r.error or "",
+            style=style,
         )
     console.print(table)
     console.print(
@@ -214,7 +227,13 @@ def sources_resume(app: App, names: tuple[str, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @pass_app
 def items(
-    app: App, text: str | None, source: str | None, kind: str | None, since: datetime | None, limit: int | None, as_json: bool
+    app: App,
+    text: str | None,
+    source: str | None,
+    kind: str | None,
+    since: datetime | None,
+    limit: int | None,
+    as_json: bool,
 ) -> None:
     """List and search stored items, newest first (TEXT matches title and summary)."""
     if limit is None and not as_json:
