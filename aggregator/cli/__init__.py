@@ -101,6 +101,6 @@ def path_arg(value: str | None) -> Path | None:
 
 
 # Command modules register themselves on `main`.
-from aggregator.cli import ingest  # noqa: E402
+from aggregator.cli import export, ingest, learn, review  # noqa: E402
 
-__all__ = ["App", "fail", "ingest", "main", "pass_app"]
+__all__ = ["App", "export", "fail", "ingest", "learn", "main", "pass_app", "review"]
