@@ -267,7 +267,9 @@ def _index_lines(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[s
 
 def _describe(exc: ValidationError, file: Path, lines: Mapping[tuple[str | int, ...], int]) -> str:
     """The first validation error as one line: file:line: key: reason."""
-    error = exc.errors()[0]
+    errors = exc.errors()
+    # A typo'd key also makes the real key "missing": name the typo, it is the cause.
+    error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and "[" in part))
     line = _nearest_line(loc, lines)
     key = _format_loc(loc) or "(top level)"
@@ -276,8 +278,8 @@ def _describe(exc: ValidationError, file: Path, lines: Mapping[tuple[str | int, 
         message = "unknown key" + _suggestion(loc)
     elif error["type"] == "missing":
         message = "required key is missing"
-    more = len(exc.errors()) - 1
-    tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    more = len(errors) - 1
+    tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more and error["type"] != "extra_forbidden" else ""
     return f"{file}:{line}: {key}: {message}{tail}"
 
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+from rich.console import Console
+from rich.table import Table
 
 from aggregator import __version__
 from aggregator.config import Settings, config_path, load_settings
@@ -94,6 +97,24 @@ def main(ctx: click.Context, config: str | None, log_level: str) -> None:
 
 def is_tty() -> bool:
     return sys.stdout.isatty()
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[str] = (),
+                alert: Sequence[bool] = ()) -> None:  # fmt: skip
+    """Aligned columns. On a terminal, rich fits them to the width and colours alerts red;
+    otherwise (pipes, cron mail) plain text lines that are never wrapped or cut."""
+    if is_tty():
+        table = Table(box=None, pad_edge=False, show_edge=False)
+        for header in headers:
+            table.add_column(header, justify="right" if header in right else "left")
+        for n, row in enumerate(rows):
+            table.add_row(*row, style="red" if n < len(alert) and alert[n] else None)
+        Console(highlight=False).print(table)
+        return
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    for line in [headers, *rows]:
+        cells = [c.rjust(w) if h in right else c.ljust(w) for c, w, h in zip(line, widths, headers, strict=True)]
+        click.echo("  ".join(cells).rstrip())
 
 
 def path_arg(value: str | None) -> Path | None:

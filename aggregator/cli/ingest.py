@@ -16,15 +16,13 @@ import click
 import sqlalchemy as sa
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from aggregator import opml, status
-from aggregator.cli import EXIT_SOURCES_FAILED, App, is_tty, main, pass_app
+from aggregator.cli import EXIT_SOURCES_FAILED, App, is_tty, main, pass_app, print_table
 from aggregator.pipeline import RunOptions, run_once, select_sources
 from aggregator.storage import ItemQuery
 from aggregator.types import FetchResult, RunReport
 
-console = Console(highlight=False, soft_wrap=True)
 
 
 @main.command()
@@ -88,29 +86,19 @@ def _progress(total: int) -> Iterator[Callable[[FetchResult], None] | None]:
 
 
 def print_report(report: RunReport) -> None:
-    table = Table(box=None, pad_edge=False, show_edge=False)
-    for column in ("source", "status", "new", "updated", "unchanged", "ms", "error"):
-        table.add_column(column, justify="right" if column in ("new", "updated", "unchanged", "ms") else "left")
-    for r in report.results:
-        status_text = "304" if r.status == "not_modified" else r.status
-        style = "red" if r.failed else None
-        table.add_row(
-            r.source,
-            status_text,
-            str(r.new),
-            str(r.updated),
-            str(r.unchanged),
-            f"{r.ms:.0f}",
-            r.error or "",
-            style=style,
-        )
-    console.print(table)
-    console.print(
+    rows = [
+        [r.source, "304" if r.status == "not_modified" else r.status, str(r.new), str(r.updated), str(r.unchanged),
+         f"{r.ms:.0f}", r.error or ""]
+        for r in report.results
+    ]  # fmt: skip
+    print_table(("source", "status", "new", "updated", "unchanged", "ms", "error"), rows,
+                right=("new", "updated", "unchanged", "ms"), alert=[r.failed for r in report.results])  # fmt: skip
+    click.echo(
         f"{len(report.results)} sources, {report.new} new, {report.updated} updated, "
         f"{len(report.failed)} failed, {report.seconds:.1f} s"
     )
     for note in report.notes:
-        console.print(f"note: {note}")
+        click.echo(f"note: {note}")
 
 
 def report_json(report: RunReport) -> dict[str, Any]:
@@ -160,21 +148,13 @@ def sources(ctx: click.Context, as_json: bool) -> None:
         for row in rows:
             click.echo(json.dumps(row))
         return
-    table = Table(box=None, pad_edge=False, show_edge=False)
-    for column in ("name", "kind", "items", "last success", "errors", "paused", "last error"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(
-            row["name"],
-            row["kind"],
-            str(row["items"]),
-            _short_time(row["last_success"]),
-            str(row["error_count"]),
-            "yes" if row["paused"] else "",
-            row["last_error"] or "" if row["error_count"] else "",
-            style="red" if row["error_count"] else None,
-        )
-    console.print(table)
+    rows = [
+        [row["name"], row["kind"], str(row["items"]), _short_time(row["last_success"]), str(row["error_count"]),
+         "yes" if row["paused"] else "", (row["last_error"] or "") if row["error_count"] else ""]
+        for row in rows
+    ]  # fmt: skip
+    print_table(("name", "kind", "items", "last success", "errors", "paused", "last error"), rows,
+                right=("items", "errors"), alert=[r[4] != "0" for r in rows])  # fmt: skip
 
 
 @sources.command("import")
@@ -244,13 +224,12 @@ def items(
         for s in stored:
             click.echo(json.dumps(status.item_json(s), ensure_ascii=False))
         return
-    table = Table(box=None, pad_edge=False, show_edge=False)
-    for column in ("id", "published", "source", "kind", "title"):
-        table.add_column(column, overflow="ellipsis", no_wrap=column == "title")
-    for s in stored:
-        published = s.item.published.strftime("%Y-%m-%d") if s.item.published else ""
-        table.add_row(str(s.id), published, s.item.source, s.item.kind, s.item.title)
-    console.print(table)
+    rows = [
+        [str(s.id), s.item.published.strftime("%Y-%m-%d") if s.item.published else "", s.item.source, s.item.kind,
+         s.item.title]
+        for s in stored
+    ]  # fmt: skip
+    print_table(("id", "published", "source", "kind", "title"), rows, right=("id",))
 
 
 # -- status, config, db ---------------------------------------------------------------------------
@@ -266,7 +245,7 @@ def status_command(app: App, as_json: bool) -> None:
         click.echo(json.dumps(data, default=str))
         return
     for line in status.describe(data):
-        console.print(line)
+        click.echo(line)
 
 
 @main.group()
