@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,8 @@ log = logging.getLogger("aggregator.pipeline")
 ProgressCallback = Callable[[FetchResult], None]
 T = TypeVar("T")
 _KIND_OF_SOURCE: dict[str, ItemKind] = {"feed": "blog", "github": "release", "arxiv": "paper"}
+_ARXIV_PACERS: dict[float, arxiv_source.ArxivPacer] = {}
+_ARXIV_PACERS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,7 @@ class RunOptions:
     due_only: bool = False
     classify: bool = True
     kind: str = "run"  # recorded with the run: run | poll | nightly | schedule | worker
+    lease_owner: str | None = None  # a worker's name: each source's lease is released with its result
 
 
 def run_once(
@@ -65,13 +69,15 @@ def run_once(
     storage.sync_sources(settings.sources, started)
     states = storage.source_states()
     chosen = select_sources(settings, states, started, options)
-    results = asyncio.run(_poll_all(settings, storage, chosen, states, started, progress))
+    results = asyncio.run(_poll_all(settings, storage, chosen, states, started, progress, options.lease_owner))
     notes: list[str] = []
     new_ids = [i for r in results for i in r[1]]
     if settings.model.dedupe.enabled and new_ids:
         cluster_new(storage, settings, new_ids)
     if options.classify:
-        notes += classify_pending(storage, settings, started)
+        # A worker classifies only what it stored; a run also catches up on anything left unclassified.
+        only = new_ids if options.lease_owner else None
+        notes += classify_pending(storage, settings, started, ids=only)
     report = RunReport(started, datetime.now(UTC), tuple(r[0] for r in results), tuple(notes))
     storage.record_run(report, options.kind)
     return report
@@ -117,6 +123,13 @@ def next_check_after(
     return now + timedelta(seconds=seconds)
 
 
+def arxiv_pacer(delay_seconds: float) -> arxiv_source.ArxivPacer:
+    """The process's one arXiv pacer: consecutive runs (the scheduler's jobs, say) share it, so
+    arXiv's one request every delay_seconds holds across runs, not only inside one."""
+    with _ARXIV_PACERS_LOCK:
+        return _ARXIV_PACERS.setdefault(delay_seconds, arxiv_source.ArxivPacer(delay_seconds))
+
+
 # -- the two lanes -----------------------------------------------------------------------------
 
 
@@ -127,6 +140,7 @@ async def _poll_all(
     states: dict[str, SourceState],
     now: datetime,
     progress: ProgressCallback | None,
+    lease_owner: str | None = None,
 ) -> list[tuple[FetchResult, list[int]]]:
     limits = fetch_limits(settings)
     feeds = [s for s in chosen if s.kind != "arxiv"]
@@ -137,7 +151,7 @@ async def _poll_all(
         ThreadPoolExecutor(2, thread_name_prefix="parse") as parsers,
         ThreadPoolExecutor(1, thread_name_prefix="store") as writer,
     ):
-        lane = _Lane(settings, storage, states, now, parsers, writer, progress)
+        lane = _Lane(settings, storage, states, now, parsers, writer, progress, lease_owner)
         async with Fetcher(limits) as fetcher:
             feed_lane = asyncio.gather(*(lane.poll_feed(fetcher, s) for s in feeds))
             arxiv_lane = lane.poll_arxiv_sources(fetcher, papers)
@@ -172,7 +186,9 @@ class _Lane:
         parsers: ThreadPoolExecutor,
         writer: ThreadPoolExecutor,
         progress: ProgressCallback | None,
+        lease_owner: str | None = None,
     ) -> None:
+        self.lease_owner = lease_owner
         self.settings = settings
         self.storage = storage
         self.states = states
@@ -180,6 +196,7 @@ class _Lane:
         self.parsers = parsers
         self.writer = writer
         self.progress = progress
+        self.urls = {s.name: s.url for s in settings.sources}
 
     async def poll_feed(self, fetcher: Fetcher, source: Source) -> tuple[FetchResult, list[int]]:
         started = time.perf_counter()
@@ -204,7 +221,7 @@ class _Lane:
         self, fetcher: Fetcher, sources: Sequence[Source]
     ) -> list[tuple[FetchResult, list[int]]]:
         # One pacer for the whole process: arXiv's one request every delay_seconds holds across queries.
-        pacer = arxiv_source.ArxivPacer(self.settings.model.arxiv.delay_seconds)
+        pacer = arxiv_pacer(self.settings.model.arxiv.delay_seconds)
         return [await self._poll_arxiv(fetcher, pacer, source) for source in sources]
 
     async def _poll_arxiv(
@@ -266,7 +283,13 @@ class _Lane:
         def write(conn: Connection) -> tuple[FetchResult, list[int]]:
             counts = self.storage.store_items(items, self.now, conn=conn)
             self.storage.record_fetch(
-                source.name, at=self.now, next_check=next_check, etag=etag, last_modified=last_modified, conn=conn
+                source.name,
+                at=self.now,
+                next_check=next_check,
+                etag=etag,
+                last_modified=last_modified,
+                lease_owner=self.lease_owner,
+                conn=conn,
             )
             done = _add_counts(result, counts)
             if done.status == "new" and done.new == 0 and done.updated == 0:
@@ -286,7 +309,13 @@ class _Lane:
         pause_after = self.settings.model.backoff.pause_after
         await self._write(
             lambda conn: self.storage.record_fetch(
-                source.name, at=self.now, next_check=next_check, error=message, pause_after=pause_after, conn=conn
+                source.name,
+                at=self.now,
+                next_check=next_check,
+                error=message,
+                pause_after=pause_after,
+                lease_owner=self.lease_owner,
+                conn=conn,
             )
         )
         return FetchResult(source.name, "error", error=message, http_status=status)
@@ -306,6 +335,7 @@ class _Lane:
             "fetched",
             extra={
                 "source": done.source,
+                "url": self.urls.get(done.source),
                 "status": done.status,
                 "items": done.new + done.updated,
                 "ms": round(done.ms),

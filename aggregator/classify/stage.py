@@ -9,6 +9,7 @@ says so once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -22,8 +23,15 @@ log = logging.getLogger("aggregator.classify")
 BATCH = 2000
 
 
-def classify_pending(storage: Storage, settings: Settings, now: datetime, *, rescore: bool = False) -> list[str]:
-    """Classify what needs it; return run notes (e.g. that no model is live)."""
+def classify_pending(
+    storage: Storage,
+    settings: Settings,
+    now: datetime,
+    *,
+    rescore: bool = False,
+    ids: Sequence[int] | None = None,
+) -> list[str]:
+    """Classify what needs it (or just `ids`); return run notes (e.g. that no model is live)."""
     notes: list[str] = []
     registry = Registry(settings.models_dir)
     try:
@@ -35,7 +43,8 @@ def classify_pending(storage: Storage, settings: Settings, now: datetime, *, res
     version = model.version if model is not None else None
     if model is None and not notes:
         notes.append(f"no model in {settings.models_dir}: items stored unclassified (run `aggregator train`)")
-    ids = storage.unclassified_ids(version, rescore=rescore)
+    if ids is None:
+        ids = storage.unclassified_ids(version, rescore=rescore)
     defaults = {s.name: s.default_category for s in settings.sources}
     for start in range(0, len(ids), BATCH):
         stored = storage.items_by_ids(ids[start : start + BATCH])

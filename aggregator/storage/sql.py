@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -92,12 +94,32 @@ class Storage(QueueStore, LeaseStore, StorageBase):
         self.close()
 
     def upgrade(self) -> None:
-        """Apply pending Alembic migrations."""
-        with self._tx("migrate") as conn:
+        """Apply pending Alembic migrations, all or none."""
+        with self._migration_transaction() as conn:
             config = AlembicConfig()
             config.set_main_option("script_location", str(MIGRATIONS))
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
+
+    @contextmanager
+    def _migration_transaction(self) -> Iterator[Connection]:
+        """SQLite's Python driver commits each CREATE and DROP on its own, so a run killed while
+        migrating left half a schema that no later open could migrate. There the driver is told to
+        stay out and the migration runs in one explicit BEGIN IMMEDIATE ... COMMIT (which also
+        makes two processes opening a new database migrate one after the other)."""
+        if self.dialect != "sqlite":
+            with self._tx("migrate") as conn:
+                yield conn
+            return
+        with self._read("migrate") as plain:  # _read: a connection whose errors become StorageError
+            conn = plain.execution_options(isolation_level="AUTOCOMMIT")
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.exec_driver_sql("ROLLBACK")
+                raise
+            conn.exec_driver_sql("COMMIT")
 
     def schema_version(self) -> tuple[str | None, str | None]:
         """(current revision in the database, newest revision shipped)."""
@@ -150,9 +172,11 @@ class Storage(QueueStore, LeaseStore, StorageBase):
         etag: str | None = None,
         last_modified: str | None = None,
         pause_after: int | None = None,
+        lease_owner: str | None = None,
         conn: Connection | None = None,
     ) -> None:
-        """Store one fetch outcome. Success resets the error count; errors keep the last validators."""
+        """Store one fetch outcome. Success resets the error count; errors keep the last validators.
+        With `lease_owner`, the worker's lease on the source ends in the same statement."""
         src = t.sources.c
         if error is None:
             values: dict[str, Any] = {
@@ -171,6 +195,10 @@ class Storage(QueueStore, LeaseStore, StorageBase):
             }
             if pause_after is not None:
                 values["paused"] = sa.or_(src.paused, src.error_count + 1 >= pause_after)
+        if lease_owner is not None:
+            mine = src.lease_owner == lease_owner
+            values["lease_owner"] = sa.case((mine, None), else_=src.lease_owner)
+            values["lease_expires"] = sa.case((mine, None), else_=src.lease_expires)
         stmt = t.sources.update().where(src.name == name).values(**values)
         if conn is not None:
             conn.execute(stmt)
@@ -546,8 +574,10 @@ class Storage(QueueStore, LeaseStore, StorageBase):
 
     @contextmanager
     def run_lock(self, owner: str, now: datetime, ttl: timedelta = timedelta(hours=2)) -> Iterator[None]:
-        """Hold the run lock for a block, or raise LockedError naming who holds it."""
-        if not self.acquire_lock("run", owner, now, ttl):
+        """Hold the run lock for a block, or raise LockedError naming who holds it. A lock left by a
+        killed run on this host (its owner, named by process_owner(), no longer runs) is taken over
+        at once; one left on another host waits for its expiry."""
+        if not self.acquire_lock("run", owner, now, ttl) and not self._take_over_dead_lock("run", owner, now, ttl):
             holder = self.lock_holder("run") or {}
             since = holder.get("acquired")
             when = f" since {since:%Y-%m-%d %H:%M:%S} UTC" if since else ""
@@ -559,6 +589,13 @@ class Storage(QueueStore, LeaseStore, StorageBase):
             yield
         finally:
             self.release_lock("run", owner)
+
+    def _take_over_dead_lock(self, name: str, owner: str, now: datetime, ttl: timedelta) -> bool:
+        holder = self.lock_holder(name)
+        if holder is None or not is_dead_local_process(holder["owner"]):
+            return False
+        self.release_lock(name, holder["owner"])  # only that owner's row: a racing run may have taken it since
+        return self.acquire_lock(name, owner, now, ttl)
 
 
 # -- helpers: rows <-> values ------------------------------------------------------------------
@@ -737,3 +774,22 @@ def _example_row(e: LabeledExample, now: datetime) -> dict[str, Any]:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def process_owner() -> str:
+    """How a process names itself as a lock owner: "host:pid"."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def is_dead_local_process(owner: str) -> bool:
+    """True when `owner` (see process_owner) is a process of this host that no longer exists."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) <= 0:
+        return False
+    try:
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, as another user's process
+        return False
+    return False
