@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from aggregator.config import Settings
-from aggregator.errors import ModelError
+from aggregator.errors import ConfigError, ModelError
 from aggregator.storage import Storage
 from aggregator.types import StoredItem
+
+NEXT_POLLS_SHOWN = 5
 
 
 def item_json(stored: StoredItem) -> dict[str, Any]:
@@ -51,7 +53,7 @@ def collect(settings: Settings, storage: Storage, now: datetime) -> dict[str, An
         "queue": storage.queue_counts(),
         "model": _model_status(settings),
         "decisions_since_model": _decisions_since_model(settings, storage),
-        "next_jobs": _next_jobs(settings, now),
+        "next_jobs": _next_jobs(settings, now, sources),
     }
 
 
@@ -72,7 +74,8 @@ def describe(data: dict[str, Any]) -> list[str]:
     lines.append(f"sources: {src['total']}, failing {len(src['failing'])}, paused {len(src['paused'])}")
     for s in src["failing"]:
         paused = " (paused)" if s["paused"] else ""
-        lines.append(f"  {s['name']}: {s['error_count']} consecutive errors{paused}: {s['last_error']}")
+        since = f"last success {s['last_success'][:16].replace('T', ' ')}" if s["last_success"] else "never succeeded"
+        lines.append(f"  {s['name']}: {s['error_count']} consecutive errors{paused}, {since}: {s['last_error']}")
     queue = data["queue"]
     lines.append("queue: " + (", ".join(f"{k}: {v}" for k, v in queue.items()) or "empty"))
     model = data["model"]
@@ -83,8 +86,19 @@ def describe(data: dict[str, Any]) -> list[str]:
         lines.append(f"model: {model.get('note', 'none')}")
     lines.append(f"decisions since the live model: {data['decisions_since_model']}")
     for job in data["next_jobs"]:
-        lines.append(f"next {job['job']}: {job['at']}")
+        lines.append(f"next {job['job']}: {_when(job['at'], data['now'])}")
     return lines
+
+
+def _when(at: str, now: str) -> str:
+    """An ISO time as a short UTC time, "due now" when it has come; other text as it is."""
+    try:
+        moment = datetime.fromisoformat(at)
+    except ValueError:
+        return at
+    if moment <= datetime.fromisoformat(now):
+        return "due now"
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
 
 
 def _run_json(run: dict[str, Any]) -> dict[str, Any]:
@@ -130,13 +144,21 @@ def _decisions_since_model(settings: Settings, storage: Storage) -> int:
     return storage.decision_count(since=getattr(info, "created", None))
 
 
-def _next_jobs(settings: Settings, now: datetime) -> list[dict[str, str]]:
-    from apscheduler.triggers.cron import CronTrigger
+def _next_jobs(settings: Settings, now: datetime, sources: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The nightly run, then the next few source polls (paused and disabled sources wait for
+    `sources resume` or feeds.yaml, so they have none)."""
+    from aggregator.scheduler import nightly_trigger, source_job_id
 
-    schedule = settings.model.schedule
     try:
-        trigger = CronTrigger.from_crontab(schedule.nightly, timezone=schedule.timezone)
-    except ValueError:
-        return []
-    fire = trigger.get_next_fire_time(None, now)
-    return [{"job": "nightly", "at": fire.isoformat()}] if fire else []
+        fire = nightly_trigger(settings, jitter=False).get_next_fire_time(None, now)
+        jobs = [{"job": "nightly", "at": fire.isoformat() if fire else "never"}]
+    except ConfigError as exc:
+        jobs = [{"job": "nightly", "at": f"not scheduled: {exc}"}]
+    enabled = {s.name for s in settings.sources if s.enabled}
+    polls = sorted(
+        (max(datetime.fromisoformat(row["next_check"]) if row["next_check"] else now, now), row["name"])
+        for row in sources
+        if row["name"] in enabled and not row["paused"]
+    )
+    jobs += [{"job": source_job_id(name), "at": at.isoformat()} for at, name in polls[:NEXT_POLLS_SHOWN]]
+    return jobs
