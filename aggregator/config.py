@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -82,10 +83,42 @@ class ScheduleSettings(_Strict):
     misfire_grace: str = "6h"
     retrain_min_decisions: int = Field(20, ge=1)
 
+    @field_validator("nightly")
+    @classmethod
+    def _cron_line(cls, value: str) -> str:
+        fields = value.split()
+        if len(fields) != 5:
+            raise ValueError(f"{value!r} is not a cron line of 5 fields (minute hour day month weekday)")
+        from apscheduler.triggers.cron import CronTrigger
+
+        CronTrigger.from_crontab(value)  # raises ValueError naming the bad field
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a known time zone (e.g. UTC, Europe/Paris)") from None
+        return value
+
+    @field_validator("misfire_grace")
+    @classmethod
+    def _grace_interval(cls, value: str) -> str:
+        parse_interval(value)
+        return value
+
 
 class BackoffSettings(_Strict):
     max_interval: str = "7d"
     pause_after: int = Field(10, ge=1, description="consecutive errors before a source is paused")
+
+    @field_validator("max_interval")
+    @classmethod
+    def _interval(cls, value: str) -> str:
+        parse_interval(value)
+        return value
 
 
 class ClassifierSettings(_Strict):
@@ -101,6 +134,12 @@ class DedupeSettings(_Strict):
     enabled: bool = True
     threshold: float | None = Field(None, gt=0, le=1)
     window: str = "7d"
+
+    @field_validator("window")
+    @classmethod
+    def _interval(cls, value: str) -> str:
+        parse_interval(value)
+        return value
 
 
 class Editor(_Strict):

@@ -67,6 +67,9 @@ def test_unknown_key_names_file_line_key_and_suggests(tmp_path: Path) -> None:
         (("interval: 6h", "interval: soon"), 6, "is not an interval"),
         (("https://huggingface.co/blog/feed.xml", "file:///etc/passwd"), 6, "is not an http(s) URL"),
         (("kind: feed", "kind: podcast"), 6, "sources[0].kind"),
+        (("fetch:", 'schedule: {nightly: "0 25 * * *"}\nfetch:'), 3, "schedule.nightly"),
+        (("fetch:", "schedule: {timezone: Mars/Olympus}\nfetch:"), 3, "is not a known time zone"),
+        (("fetch:", "backoff: {max_interval: forever}\nfetch:"), 3, "is not an interval"),
     ],
 )
 def test_invalid_values_are_one_line_with_line_number(
