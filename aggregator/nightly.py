@@ -12,6 +12,8 @@ LockedError at once; a lock left by a crashed run is recovered (see `hold_run_lo
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import logging
 import threading
 import time
@@ -21,16 +23,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from aggregator import training
-from aggregator.classify.registry import Registry
 from aggregator.config import Settings
 from aggregator.errors import AggregatorError, ModelError
 from aggregator.export.batches import write_nightly
 from aggregator.pipeline import ProgressCallback, RunOptions, run_once
 from aggregator.storage import Storage
 from aggregator.storage.sql import process_owner
-from aggregator.training import RetrainOutcome
 from aggregator.types import RunReport
+
+if TYPE_CHECKING:
+    from aggregator.training import RetrainOutcome
 
 log = logging.getLogger("aggregator.nightly")
 
@@ -111,6 +113,8 @@ def decisions_since_training(settings: Settings, storage: Storage) -> int:
 
 
 def newest_model_time(settings: Settings) -> datetime | None:
+    from aggregator.classify.registry import Registry  # scikit-learn loads only when needed
+
     versions = Registry(settings.models_dir).versions()
     return max((v.created for v in versions), default=None)
 
@@ -171,7 +175,9 @@ def _retrain_if_due(
     if new_decisions < settings.model.schedule.retrain_min_decisions:
         return new_decisions, None, ()
     try:
-        return new_decisions, training.retrain(settings, storage, now), ()
+        from aggregator.training import retrain
+
+        return new_decisions, retrain(settings, storage, now), ()
     except AggregatorError as exc:
         return new_decisions, None, (f"retrain: {exc}",)
 

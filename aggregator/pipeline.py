@@ -26,8 +26,6 @@ from typing import TypeVar
 
 from sqlalchemy.engine import Connection
 
-from aggregator.classify.stage import classify_pending
-from aggregator.clusters import cluster_new
 from aggregator.config import Settings, parse_interval
 from aggregator.errors import AggregatorError, FetchError
 from aggregator.fetch import Fetcher, FetchLimits, Response
@@ -68,8 +66,29 @@ def run_once(
     started = now or datetime.now(UTC)
     storage.sync_sources(settings.sources, started)
     states = storage.source_states()
-    chosen = select_sources(settings, states, started, options)
+    chosen, leased = _leave_leased(storage, select_sources(settings, states, started, options), started, options)
+    return poll_sources(settings, storage, chosen, states, started, options, progress, skipped=leased)
+
+
+def poll_sources(
+    settings: Settings,
+    storage: Storage,
+    chosen: Sequence[Source],
+    states: dict[str, SourceState],
+    started: datetime,
+    options: RunOptions = RunOptions(),
+    progress: ProgressCallback | None = None,
+    *,
+    skipped: Sequence[FetchResult] = (),
+) -> RunReport:
+    """run_once after choosing: poll `chosen` (fetch state from `states`), store, cluster, classify,
+    record. A worker calls it on the sources it leased, with their state as its claim returned it."""
     results = asyncio.run(_poll_all(settings, storage, chosen, states, started, progress, options.lease_owner))
+    # The model stack (scikit-learn, 1-3 s to import) loads only when a run gets this far, so
+    # commands that never classify start fast.
+    from aggregator.classify.stage import classify_pending
+    from aggregator.clusters import cluster_new
+
     notes: list[str] = []
     new_ids = [i for r in results for i in r[1]]
     if settings.model.dedupe.enabled and new_ids:
@@ -78,9 +97,26 @@ def run_once(
         # A worker classifies only what it stored; a run also catches up on anything left unclassified.
         only = new_ids if options.lease_owner else None
         notes += classify_pending(storage, settings, started, ids=only)
-    report = RunReport(started, datetime.now(UTC), tuple(r[0] for r in results), tuple(notes))
+    report = RunReport(started, datetime.now(UTC), (*(r[0] for r in results), *skipped), tuple(notes))
     storage.record_run(report, options.kind)
     return report
+
+
+def _leave_leased(
+    storage: Storage, chosen: list[Source], now: datetime, options: RunOptions
+) -> tuple[list[Source], list[FetchResult]]:
+    """A run leaves the sources a live worker leases to that worker (they are reported as skipped);
+    `poll` names its sources on purpose and polls them anyway."""
+    if options.lease_owner is not None or options.kind == "poll" or not chosen:
+        return chosen, []
+    leases = storage.leased_sources(now)
+    skipped = [
+        FetchResult(s.name, "skipped", error=f"leased by worker {owner} until {until:%H:%M:%S} UTC")
+        for s in chosen
+        if s.name in leases
+        for owner, until in [leases[s.name]]
+    ]
+    return [s for s in chosen if s.name not in leases], skipped
 
 
 def select_sources(
@@ -123,6 +159,19 @@ def next_check_after(
     return now + timedelta(seconds=seconds)
 
 
+def shared_arxiv_pacer(settings: Settings, storage: Storage) -> arxiv_source.ArxivPacer:
+    """The pacer of a run's arXiv lane: booked through the database, so every run and worker using
+    it keeps arXiv's pace together (an in-memory database has no other users: the process's own)."""
+    delay = settings.model.arxiv.delay_seconds
+    if not storage.shared:
+        return arxiv_pacer(delay)
+    return arxiv_source.SharedArxivPacer(
+        delay,
+        reserve=lambda spacing: storage.reserve_slot("arxiv", spacing),
+        push=lambda seconds: storage.push_slot("arxiv", seconds),
+    )
+
+
 def arxiv_pacer(delay_seconds: float) -> arxiv_source.ArxivPacer:
     """The process's one arXiv pacer: consecutive runs (the scheduler's jobs, say) share it, so
     arXiv's one request every delay_seconds holds across runs, not only inside one."""
@@ -152,9 +201,11 @@ async def _poll_all(
         ThreadPoolExecutor(1, thread_name_prefix="store") as writer,
     ):
         lane = _Lane(settings, storage, states, now, parsers, writer, progress, lease_owner)
-        async with Fetcher(limits) as fetcher:
+        # The arXiv lane has its own connections and slots: a paced request leaves when its turn
+        # comes instead of queueing behind the feed lane for a slot (and landing next to the next one).
+        async with Fetcher(limits) as fetcher, Fetcher(limits) as arxiv_fetcher:
             feed_lane = asyncio.gather(*(lane.poll_feed(fetcher, s) for s in feeds))
-            arxiv_lane = lane.poll_arxiv_sources(fetcher, papers)
+            arxiv_lane = lane.poll_arxiv_sources(arxiv_fetcher, papers)
             feed_results, arxiv_results = await asyncio.gather(feed_lane, arxiv_lane)
     by_name = {r[0].source: r for r in [*feed_results, *arxiv_results]}
     return [by_name[s.name] for s in chosen]
@@ -220,8 +271,9 @@ class _Lane:
     async def poll_arxiv_sources(
         self, fetcher: Fetcher, sources: Sequence[Source]
     ) -> list[tuple[FetchResult, list[int]]]:
-        # One pacer for the whole process: arXiv's one request every delay_seconds holds across queries.
-        pacer = arxiv_pacer(self.settings.model.arxiv.delay_seconds)
+        # One pace for every process using this database: arXiv's one request every delay_seconds
+        # holds across queries, runs and workers.
+        pacer = shared_arxiv_pacer(self.settings, self.storage)
         return [await self._poll_arxiv(fetcher, pacer, source) for source in sources]
 
     async def _poll_arxiv(
@@ -242,8 +294,10 @@ class _Lane:
             totals = _add_counts(totals, counts)
 
         try:
-            page_size = self.settings.model.arxiv.page_size
-            await arxiv_source.fetch_arxiv(source, fetcher, pacer, page_size=page_size, on_page=store_page)
+            arxiv = self.settings.model.arxiv
+            await arxiv_source.fetch_arxiv(
+                source, fetcher, pacer, page_size=arxiv.page_size, num_retries=arxiv.retries, on_page=store_page
+            )
         except AggregatorError as exc:
             failed = await self._fail(source, exc, state)
             return self._done(replace(totals, status="error", error=failed.error), ids, started)

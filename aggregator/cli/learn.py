@@ -7,11 +7,10 @@ from pathlib import Path
 
 import click
 
-from aggregator.classify.features import doc_from_example
-from aggregator.classify.registry import Registry
-from aggregator.classify.stage import classify_pending
 from aggregator.cli import App, fail, main, pass_app
-from aggregator.training import import_archive, import_labeled_file, read_items_jsonl, retrain
+
+# The classifier modules (scikit-learn) are imported inside the commands that use them, so that
+# `aggregator --help` and every other command start without loading them.
 
 
 @main.group()
@@ -24,6 +23,8 @@ def learn() -> None:
 @pass_app
 def learn_import(app: App, file: Path) -> None:
     """Import labeled examples from JSONL (title, summary, url, label, optional item_type, date)."""
+    from aggregator.training import import_labeled_file
+
     report = import_labeled_file(app.storage, app.settings, file, app.now())
     for label, count in sorted(report.per_label.items()):
         click.echo(f"{label}: {count}")
@@ -38,6 +39,8 @@ def learn_import(app: App, file: Path) -> None:
 @pass_app
 def learn_import_archive(app: App, files: tuple[Path, ...], as_json: bool) -> None:
     """Import past newsletter issues (Markdown or text in the newsletter's own shape)."""
+    from aggregator.training import import_archive
+
     result, report = import_archive(app.storage, app.settings, files, app.now())
     if as_json:
         click.echo(json.dumps({"sections": dict(result.sections), "unplaced": list(result.unplaced)}))
@@ -54,6 +57,8 @@ def learn_import_archive(app: App, files: tuple[Path, ...], as_json: bool) -> No
 @pass_app
 def train(app: App, force: bool) -> None:
     """Train a new model version from decisions and imported examples; promote it if not worse."""
+    from aggregator.training import retrain
+
     click.echo(retrain(app.settings, app.storage, app.now(), force=force).describe())
 
 
@@ -64,6 +69,8 @@ def models(ctx: click.Context, as_json: bool) -> None:
     """List model versions with their holdout scores (* marks the live one)."""
     if ctx.invoked_subcommand is not None:
         return
+    from aggregator.classify.registry import Registry
+
     app: App = ctx.obj
     versions = Registry(app.settings.models_dir).versions()
     if not versions:
@@ -88,6 +95,8 @@ def models(ctx: click.Context, as_json: bool) -> None:
 @pass_app
 def models_use(app: App, version: str) -> None:
     """Make VERSION the live model (roll back or forward)."""
+    from aggregator.classify.registry import Registry
+
     Registry(app.settings.models_dir).use(version)
     click.echo(f"live model: {version} (run `aggregator classify --rescore` to re-score the queue)")
 
@@ -98,6 +107,11 @@ def models_use(app: App, version: str) -> None:
 @pass_app
 def classify(app: App, file: Path | None, rescore: bool) -> None:
     """Classify stored items that need it, or the items of FILE.jsonl (one JSON line out per line in)."""
+    from aggregator.classify.features import doc_from_example
+    from aggregator.classify.registry import Registry
+    from aggregator.classify.stage import classify_pending
+    from aggregator.training import read_items_jsonl
+
     if file is None:
         notes = classify_pending(app.storage, app.settings, app.now(), rescore=rescore)
         for note in notes:
