@@ -1,14 +1,18 @@
 """The dedupe stage of a run: put newly stored items into story clusters.
 
 dedupe.py decides (pure); this module feeds it the new items plus their neighbours in time and
-stores the membership that changed. Editors' splits are passed in so they are never undone.
+stores the membership that changed. The links in each post go along (a blog post linking an arXiv
+paper or a GitHub release is that story), and editors' splits are passed in so they hold.
 """
 
 from __future__ import annotations
 
+import html
 import logging
+import re
+from collections import Counter
 from collections.abc import Sequence
-from datetime import timedelta
+from dataclasses import replace
 
 from aggregator.config import Settings, parse_interval
 from aggregator.dedupe import Candidate, DedupeConfig, cluster
@@ -16,32 +20,19 @@ from aggregator.storage import ItemQuery, Storage
 from aggregator.types import StoredItem
 
 log = logging.getLogger("aggregator.dedupe")
+_HREF = re.compile(r'href="([^"]+)"')
 
 
 def dedupe_config(settings: Settings) -> DedupeConfig:
     d = settings.model.dedupe
-    config = DedupeConfig(window=parse_interval(d.window))
-    if d.threshold is not None:
-        config = DedupeConfig(
-            threshold=d.threshold, num_perm=config.num_perm, window=config.window, shingle=config.shingle
-        )
-    return config
+    config = replace(DedupeConfig(), window=parse_interval(d.window))
+    return config if d.threshold is None else replace(config, threshold=d.threshold)
 
 
-def candidate(stored: StoredItem) -> Candidate:
-    item = stored.item
-    return Candidate(
-        id=stored.id,
-        key=item.key,
-        source=item.source,
-        title=item.title,
-        summary=item.summary_text,
-        url=item.url,
-        published=item.published or stored.first_seen,
-        arxiv_id=item.arxiv_id,
-        repo=item.repo,
-        version=item.version,
-    )
+def linked_urls(stored: StoredItem) -> tuple[str, ...]:
+    """The links of a post, from its sanitized HTML (only http(s) links survive sanitizing)."""
+    found = (html.unescape(url) for url in _HREF.findall(stored.item.summary_html))
+    return tuple(dict.fromkeys(url for url in found if url != stored.item.url))
 
 
 def cluster_new(storage: Storage, settings: Settings, new_ids: Sequence[int]) -> int:
@@ -51,14 +42,16 @@ def cluster_new(storage: Storage, settings: Settings, new_ids: Sequence[int]) ->
     if not new:
         return 0
     times = [s.item.published or s.first_seen for s in new.values()]
-    window: timedelta = config.window
-    neighbours = storage.items(ItemQuery(since=min(times) - window, until=max(times) + window))
+    neighbours = storage.items(ItemQuery(since=min(times) - config.window, until=max(times) + config.window))
     pool = {s.id: s for s in neighbours} | new
     current = {i: s.cluster_id for i, s in pool.items()}
     existing = {i: c for i, c in current.items() if c is not None}
-    assignment = cluster([candidate(s) for s in pool.values()], config, existing=existing,
-                         never_merge=storage.cluster_splits())  # fmt: skip
-    changed = {i: c for i, c in assignment.items() if current.get(i) != c}
+    candidates = [Candidate.from_stored(s, linked_urls(s)) for s in pool.values()]
+    assignment = cluster(candidates, config, existing=existing, never_merge=storage.cluster_splits())
+    # An item alone in its story keeps cluster_id NULL: only clusters of two or more are written.
+    sizes = Counter(assignment.values())
+    wanted = {i: (c if sizes[c] > 1 or i in existing else None) for i, c in assignment.items()}
+    changed = {i: c for i, c in wanted.items() if current.get(i) != c}
     if changed:
         storage.set_clusters(changed)
         log.info("clustered", extra={"items": len(new), "changed": len(changed)})

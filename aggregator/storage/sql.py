@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from aggregator.errors import LockedError, ReviewError
 from aggregator.storage import schema as t
 from aggregator.storage.base import CHUNK, StorageBase
-from aggregator.storage.leases import LeaseStore
+from aggregator.storage.leases import LeaseStore, source_host
 from aggregator.storage.queue import QueueStore
 from aggregator.types import (
     Decision,
@@ -140,6 +140,7 @@ class Storage(QueueStore, LeaseStore, StorageBase):
                     "url": source.url,
                     "enabled": source.enabled,
                     "interval_seconds": source.interval.total_seconds(),
+                    "host": source_host(source.url),
                 }
                 stmt = self._insert(t.sources).values(name=source.name, created=now, error_count=0, **values)
                 conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=values))
@@ -305,9 +306,11 @@ class Storage(QueueStore, LeaseStore, StorageBase):
 
     def set_clusters(self, assignment: Mapping[int, int | None]) -> None:
         """Store story-cluster membership (item id -> cluster id)."""
+        rows = [{"item": item_id, "cluster": cluster_id} for item_id, cluster_id in assignment.items()]
+        stmt = t.items.update().where(t.items.c.id == sa.bindparam("item")).values(cluster_id=sa.bindparam("cluster"))
         with self._tx("store clusters") as conn:
-            for item_id, cluster_id in assignment.items():
-                conn.execute(t.items.update().where(t.items.c.id == item_id).values(cluster_id=cluster_id))
+            if rows:
+                conn.execute(stmt, rows)
 
     def add_split(self, item_id: int, other_id: int, editor: str, at: datetime) -> None:
         """Remember that an editor split two items apart: dedupe never merges them again."""

@@ -1,0 +1,732 @@
+"""Which stored items are the same story. Pure: candidates in, cluster ids out; no I/O.
+
+Two items are the same story when they share an identity, or when their text is a near-duplicate:
+
+    identity    an arXiv id in any form, a GitHub owner/repo@tag, a canonical URL or an item key,
+                taken from the item itself and from the links of a post (a post linking more than
+                `max_links` stories is a roundup, and its links identify nothing)
+    near-dup    MinHash estimate of the Jaccard similarity of the word n-grams of title + summary
+                >= `threshold`, for texts of at least `min_tokens` words, and titles that share a
+                third of their content words (boilerplate summaries under unrelated titles do not)
+
+and no veto applies. Vetoes beat both signals: never two items of one source, never two items
+published further apart than `window`, never two different papers, never two different releases
+(by version or repository, including versions named in titles), never titles naming different
+years ("IROS 2023", "IROS 2024"), never a pair an editor split.
+
+Clustering is greedy and constrained. Candidate pairs come from an identity index and from MinHash
+LSH bands, are merged strongest first (identity, then by similarity), and two clusters join only
+when every pair across them passes the vetoes, so one vague post cannot chain two stories together.
+Clusters that already have an id (from storage, or from an earlier `Index.add`) keep it and never
+merge with each other; a new cluster takes the smallest id among its members.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+import numpy as np
+from numpy.typing import NDArray
+
+from aggregator.errors import ConfigError, ParseError
+from aggregator.normalize import arxiv_base_id, canonical_url
+from aggregator.types import StoredItem
+
+__all__ = ["Candidate", "DedupeConfig", "Index", "cluster", "same_story", "split_out"]
+
+_U64 = np.uint64
+
+_RELEASE_REF = re.compile(r"^(?:gh:|github:)?([\w.-]+/[\w.-]+)@(\S+)$", re.IGNORECASE)
+_RELEASE_URL = re.compile(r"github\.com/([\w.-]+/[\w.-]+)/releases/tag/([^/?#\s]+)", re.IGNORECASE)
+_MAYBE_ARXIV = re.compile(r"arxiv|^\d{4}\.\d{4,5}|^[a-z][a-z-]*(?:\.[a-z]{2})?/\d{7}", re.IGNORECASE)
+# A URL canonical_url would return unchanged (given no query or fragment): lower-case host, no port.
+_PLAIN_URL = re.compile(r"^https?://[a-z0-9.-]+(?=/|$)")
+# A version as titles and tags write it: dotted numbers, maybe a pre-release suffix. Not "3.5x", "99.5%".
+_VERSION = re.compile(
+    r"(?<![\w.])v?(\d+(?:\.\d+)+)(?:[-.]?(rc|alpha|beta|dev|post|pre|a|b)\.?(\d*))?(?![\w%])", re.IGNORECASE
+)
+_DIGIT = re.compile(r"\d")
+_TITLE_WORD = re.compile(r"\w{3,}")
+# Words that say nothing about which story a title is about.
+_STOP_WORDS = frozenset({
+    "the", "and", "for", "with", "from", "that", "this", "its", "new", "how", "why", "what", "who", "you",
+    "your", "are", "was", "has", "have", "will", "now", "out", "into", "over", "more", "than", "not", "can",
+    "our", "all", "about", "after", "says", "said", "report",
+})  # fmt: skip
+_YEAR = re.compile(r"(?<![\d.])(?:19|20)\d\d(?![.\d])")
+_ARXIV_LIKE = re.compile(r"\d{4}\.\d{4,5}")
+_TEXT_CAP = 20_000  # characters of title + summary that are hashed
+
+_GROWTH = 0x9E3779B97F4A7C15  # word hashing base; odd, so it has an inverse mod 2**64
+_GROWTH_INVERSE = pow(_GROWTH, -1, 2**64)
+# Bytes that belong to words: ASCII letters, digits, "_" and any byte of a non-ASCII character.
+_WORD_BYTES = np.zeros(256, dtype=bool)
+_WORD_BYTES[[ord(c) for c in "abcdefghijklmnopqrstuvwxyz0123456789_"]] = True
+_WORD_BYTES[0x80:] = True
+# Non-ASCII punctuation that separates words; NUL too, because it separates texts.
+_SEPARATORS = "\0\u00a0\u00ab\u00b7\u00bb\u2010\u2011\u2012\u2013\u2014\u2018\u2019\u201c\u201d\u2022\u2026\u2212"
+_PUNCTUATION = str.maketrans(dict.fromkeys(_SEPARATORS, " "))
+
+
+@dataclass(frozen=True, slots=True)
+class DedupeConfig:
+    """How eager merging is. Defaults measured on tests/fixtures/pairs.jsonl (scripts/bench_dedup.py)."""
+
+    threshold: float = 0.4  # MinHash Jaccard estimate for near-duplicates
+    num_perm: int = 64
+    window: timedelta = timedelta(days=7)  # only items published within this of each other can merge
+    shingle: int = 3  # word n-gram size
+    min_tokens: int = 16  # texts shorter than this ("Weekly digest", "v1.2.0") never near-duplicate
+    max_links: int = 3  # a post linking more stories than this is a roundup, not one of them
+    max_bucket: int = 64  # how many earlier items one identity or LSH bucket offers for comparison
+    seed: int = 1  # of the hash functions; signatures made with different seeds do not compare
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError(f"dedupe threshold must be in (0, 1], got {self.threshold}")
+        if not 8 <= self.num_perm <= 1024:
+            raise ConfigError(f"dedupe num_perm must be between 8 and 1024, got {self.num_perm}")
+        if self.window <= timedelta(0):
+            raise ConfigError(f"dedupe window must be positive, got {self.window}")
+        if not 1 <= self.shingle <= 8:
+            raise ConfigError(f"dedupe shingle must be between 1 and 8 words, got {self.shingle}")
+        if self.seed < 0:
+            raise ConfigError(f"dedupe seed must not be negative, got {self.seed}")
+        for name in ("min_tokens", "max_links", "max_bucket"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"dedupe {name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """What dedupe needs of a stored item. `linked_ids`: arXiv ids, owner/repo@tag, URLs or item keys
+    found in the links of the post. A naive `published` is taken as UTC."""
+
+    id: int
+    key: str
+    source: str
+    title: str
+    summary: str = ""
+    url: str = ""
+    published: datetime | None = None
+    arxiv_id: str | None = None
+    repo: str | None = None
+    version: str | None = None
+    linked_ids: tuple[str, ...] = ()
+
+    @classmethod
+    def from_stored(cls, stored: StoredItem, linked_ids: Iterable[str] = ()) -> Candidate:
+        """A candidate for a stored item; an undated item counts as published when first seen."""
+        item = stored.item
+        return cls(
+            id=stored.id,
+            key=item.key,
+            source=item.source,
+            title=item.title,
+            summary=item.summary_text,
+            url=item.url,
+            published=item.published or stored.first_seen,
+            arxiv_id=item.arxiv_id,
+            repo=item.repo,
+            version=item.version,
+            linked_ids=tuple(linked_ids),
+        )
+
+
+# ---------------------------------------------------------------- what one item is, for comparing
+
+
+@dataclass(slots=True, eq=False)
+class _Entry:
+    id: int
+    source: str
+    at: float | None  # published, seconds since the epoch
+    # Small tuples rather than sets: a few entries each, and 100k items are held at once.
+    ids: tuple[str, ...]  # identity tokens, own and linked
+    papers: tuple[str, ...]  # arXiv ids this item is or is about
+    releases: tuple[str, ...]  # owner/repo@tag this item is or announces
+    versions: tuple[str, ...]  # versions it is or names in its title
+    years: tuple[str, ...]  # years its title names ("NeurIPS 2024")
+    title: str  # for the near-duplicate title check (words found only then: most items never need them)
+    repo: str | None
+    sig: NDArray[np.uint32] | None = None  # None: too little text to be a near-duplicate
+
+
+def _text(candidate: Candidate) -> str:
+    """What near-duplicate matching reads; the opening of a long text is plenty to recognise a copy."""
+    return f"{candidate.title}\n{candidate.summary}"[:_TEXT_CAP]
+
+
+def _timestamp(moment: datetime | None) -> float | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _identity_token(text: str) -> str | None:
+    """One spelling per identity (an item key or a link), or None when it names no single story.
+    Keys look like "arxiv:2401.01234", "github:owner/repo@tag", "url:https://...", "guid:..."."""
+    if _MAYBE_ARXIV.search(text):
+        arxiv = arxiv_base_id(text)
+        if arxiv is not None:
+            return "arxiv:" + arxiv[0]
+    release = _RELEASE_REF.match(text) or _RELEASE_URL.search(text)
+    if release is not None:
+        return f"release:{release.group(1).lower()}@{release.group(2).lower()}"
+    if text[:4].lower() == "http":
+        return _url_token(text)
+    return "key:" + text
+
+
+def _url_token(url: str) -> str | None:
+    plain = None if "?" in url or "#" in url else _PLAIN_URL.match(url)
+    if plain is None:  # canonical_url is slow, and most URLs here are canonical already
+        try:
+            parts = urlsplit(canonical_url(url))
+        except (ParseError, ValueError):  # a malformed URL identifies nothing
+            return None
+        site, path, query = f"{parts.scheme}://{parts.netloc}", parts.path, parts.query
+    else:
+        site, path, query = plain.group(0), url[plain.end() :], ""
+    path = path.rstrip("/")  # a page with and without its trailing slash is one page
+    if not path:  # a site's front page is not a story
+        return None
+    return f"url:{site}{path}?{query}" if query else f"url:{site}{path}"
+
+
+def _tokens(texts: Iterable[str]) -> set[str]:
+    spellings = {t[4:] if t[:4].lower() == "url:" else t for t in (s.strip() for s in texts) if t}
+    return {token for token in map(_identity_token, spellings) if token}
+
+
+def _version_tokens(text: str) -> tuple[str, ...]:
+    if not _DIGIT.search(text):
+        return ()
+    found = set()
+    for match in _VERSION.finditer(text):
+        number = match.group(1)
+        if _ARXIV_LIKE.fullmatch(number):
+            continue
+        while number.endswith(".0"):  # 2.0.0 and 2.0 and 2 are one version
+            number = number[:-2]
+        suffix = (match.group(2) or "").lower() + (match.group(3) or "")
+        found.add(f"{number}-{suffix}" if suffix else number)
+    return tuple(sorted(found))
+
+
+def _versions(candidate: Candidate) -> tuple[str, ...]:
+    if candidate.version:
+        return _version_tokens(candidate.version) or (candidate.version.lower().lstrip("v"),)
+    return _version_tokens(candidate.title)
+
+
+def _entry(candidate: Candidate, cfg: DedupeConfig, sig: NDArray[np.uint32] | None) -> _Entry:
+    own = [candidate.key, candidate.url]
+    if candidate.arxiv_id:
+        own.append("arxiv:" + candidate.arxiv_id)
+    if candidate.repo and candidate.version:
+        own.append(f"{candidate.repo}@{candidate.version}")
+    ids = _tokens(own)
+    linked = _tokens(candidate.linked_ids) - ids
+    if len(linked) <= cfg.max_links:
+        ids |= linked
+    return _Entry(
+        id=candidate.id,
+        source=candidate.source,
+        at=_timestamp(candidate.published),
+        ids=tuple(sorted(ids)),
+        papers=tuple(sorted(t for t in ids if t.startswith("arxiv:"))),
+        releases=tuple(sorted(t for t in ids if t.startswith("release:"))),
+        versions=_versions(candidate),
+        years=tuple(_YEAR.findall(candidate.title)),
+        title=candidate.title,
+        repo=candidate.repo.lower() if candidate.repo else None,
+        sig=sig,
+    )
+
+
+def _shared(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    return any(x in b for x in a)
+
+
+def _disjoint(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Both name something and nothing in common: they are about different things."""
+    return bool(a) and bool(b) and not _shared(a, b)
+
+
+def _vetoed(a: _Entry, b: _Entry, cfg: DedupeConfig) -> bool:
+    if a.source == b.source:
+        return True
+    if a.at is not None and b.at is not None and abs(a.at - b.at) > cfg.window.total_seconds():
+        return True
+    if a.repo is not None and b.repo is not None and a.repo != b.repo:
+        return True
+    return any(
+        _disjoint(x, y)
+        for x, y in ((a.papers, b.papers), (a.releases, b.releases), (a.versions, b.versions), (a.years, b.years))
+    )
+
+
+def _similarity(a: _Entry, b: _Entry) -> float:
+    if a.sig is None or b.sig is None:
+        return 0.0
+    return float(np.count_nonzero(a.sig == b.sig)) / len(a.sig)
+
+
+def _titles_agree(a: _Entry, b: _Entry) -> bool:
+    """A third of the shorter title's content words appear in the other title (or a title has none
+    to compare). Texts that only share boilerplate ("Join our newsletter...") have unrelated titles."""
+    words_a, words_b = _content_words(a.title), _content_words(b.title)
+    if not words_a or not words_b:
+        return True
+    return 3 * len(words_a & words_b) >= min(len(words_a), len(words_b))
+
+
+def _content_words(title: str) -> set[str]:
+    return {word for word in _TITLE_WORD.findall(title.lower()) if word not in _STOP_WORDS}
+
+
+def _strength(a: _Entry, b: _Entry, cfg: DedupeConfig) -> float:
+    """2.0 for a shared identity, the similarity for a near-duplicate, 0.0 when not the same story."""
+    if _vetoed(a, b, cfg):
+        return 0.0
+    if _shared(a.ids, b.ids):
+        return 2.0
+    similarity = _similarity(a, b)
+    return similarity if similarity >= cfg.threshold and _titles_agree(a, b) else 0.0
+
+
+# ---------------------------------------------------------------- MinHash signatures
+
+
+class _MinHasher:
+    """One-permutation MinHash with densification, vectorised over many texts: every word n-gram is
+    hashed once and lands in one of num_perm bins, whose minimum is the signature value; an empty
+    bin borrows the value of a bin picked by a fixed sequence, so equal values still mean a shared
+    minimum. Classic MinHash costs num_perm hashes per n-gram (datasketch: ~220 us per item here,
+    22 s for 100k items before any comparison)."""
+
+    _CHUNK_CHARS = 1 << 18  # text hashed per numpy step: bounds the temporaries
+    _EMPTY = _U64(1 << 32)  # larger than any 32-bit bin value
+
+    def __init__(self, cfg: DedupeConfig) -> None:
+        rng = np.random.default_rng(cfg.seed)
+        self._up = self._down = np.empty(0, dtype=np.uint64)
+        self._probes = rng.integers(0, cfg.num_perm, size=(cfg.num_perm, cfg.num_perm))
+        self._bins = cfg.num_perm
+        self._shingle = cfg.shingle
+        self._min_words = max(cfg.min_tokens, cfg.shingle)
+
+    def signatures(self, texts: Sequence[str]) -> list[NDArray[np.uint32] | None]:
+        """One signature per text; None for a text with fewer words than min_tokens."""
+        result: list[NDArray[np.uint32] | None] = []
+        start = 0
+        while start < len(texts):
+            stop, size = start + 1, len(texts[start])
+            while stop < len(texts) and size + len(texts[stop]) <= self._CHUNK_CHARS:
+                size += len(texts[stop])
+                stop += 1
+            result.extend(self._chunk(texts[start:stop]))
+            start = stop
+        return result
+
+    def _chunk(self, texts: Sequence[str]) -> list[NDArray[np.uint32] | None]:
+        words, text_of_word = self._words(texts)
+        long_enough = np.bincount(text_of_word, minlength=len(texts)) >= self._min_words
+        grams, text_of_gram = self._grams(words, text_of_word)
+        bins = ((grams >> _U64(32)) * _U64(self._bins)) >> _U64(32)
+        table = np.full(len(texts) * self._bins, self._EMPTY, dtype=np.uint64)
+        np.minimum.at(table, text_of_gram * self._bins + bins.astype(np.intp), grams & _U64(0xFFFFFFFF))
+        rows = self._densify(table.reshape(len(texts), self._bins)[long_enough])
+        signatures: list[NDArray[np.uint32] | None] = [None] * len(texts)
+        for row, text in enumerate(np.flatnonzero(long_enough).tolist()):
+            signatures[text] = rows[row]
+        return signatures
+
+    def _densify(self, table: NDArray[np.uint64]) -> NDArray[np.uint32]:
+        """Fill each empty bin from the first non-empty bin in its fixed probe sequence (random
+        bins first, then the bins to its right, which ends the search for any non-empty row)."""
+        filled = table.copy()
+        empty = table == self._EMPTY
+        attempt = 0
+        while empty.any():
+            if attempt < self._bins:
+                source = self._probes[attempt]
+            else:
+                source = (np.arange(self._bins) + attempt - self._bins + 1) % self._bins
+            borrowed = table[:, source]
+            take = empty & (borrowed != self._EMPTY)
+            filled[take] = borrowed[take]
+            empty &= ~take
+            attempt += 1
+        return filled.astype(np.uint32)
+
+    def _words(self, texts: Sequence[str]) -> tuple[NDArray[np.uint64], NDArray[np.intp]]:
+        """A 64-bit hash per word (lower-cased), and which text each word is in.
+
+        A word's hash is sum(byte_i * g**position_i) * g**-start: polynomial in the bytes, with the
+        word's start divided out (g is odd, so invertible mod 2**64) to make it position-free."""
+        blob = "\0".join(text.lower().translate(_PUNCTUATION) for text in texts)
+        raw = np.frombuffer(blob.encode(), dtype=np.uint8)
+        is_word = _WORD_BYTES[raw]
+        begins = is_word.copy()
+        begins[1:] &= ~is_word[:-1]
+        firsts = np.flatnonzero(begins)
+        up, down = self._powers(len(raw))
+        parts = np.where(is_word, (raw.astype(np.uint64) + _U64(1)) * up, _U64(0))
+        hashes = np.add.reduceat(parts, firsts) * down[firsts] if len(firsts) else np.empty(0, dtype=np.uint64)
+        return hashes, np.searchsorted(np.flatnonzero(raw == 0), firsts)
+
+    def _powers(self, length: int) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
+        """g**i and g**-i for i < length (wrapping uint64 products), grown on demand."""
+        if len(self._up) < length:
+            size = 1 << max(length - 1, 1).bit_length()
+            self._up = np.cumprod(np.full(size, _GROWTH, dtype=np.uint64), dtype=np.uint64) * _U64(_GROWTH_INVERSE)
+            self._down = np.cumprod(np.full(size, _GROWTH_INVERSE, dtype=np.uint64), dtype=np.uint64) * _U64(_GROWTH)
+        return self._up[:length], self._down[:length]
+
+    def _grams(
+        self, words: NDArray[np.uint64], text_of_word: NDArray[np.intp]
+    ) -> tuple[NDArray[np.uint64], NDArray[np.intp]]:
+        """Well-mixed 64-bit hashes of the word n-grams that lie within one text, and their texts."""
+        count = len(words) - self._shingle + 1
+        if count <= 0:
+            return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.intp)
+        grams = words[:count].copy()
+        for k in range(1, self._shingle):
+            grams = grams * _U64(0x9E3779B97F4A7C15) + words[k : k + count]
+        within = text_of_word[:count] == text_of_word[self._shingle - 1 :]
+        grams = grams[within]
+        for shift, multiplier in ((33, 0xFF51AFD7ED558CCD), (33, 0xC4CEB9FE1A85EC53)):  # spread every bit
+            grams = (grams ^ (grams >> _U64(shift))) * _U64(multiplier)
+        return grams ^ (grams >> _U64(33)), text_of_word[:count][within]
+
+
+# ---------------------------------------------------------------- LSH bands
+
+
+@lru_cache(maxsize=64)
+def _band_shape(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows) whose S-curve best separates similarities below and above the threshold,
+    weighting a missed pair twice as much as a needless comparison (comparisons are cheap here)."""
+    below = np.linspace(0.0, threshold, 64)
+    above = np.linspace(threshold, 1.0, 64)
+    best: tuple[float, int, int] | None = None
+    for rows in range(1, num_perm + 1):
+        bands = num_perm // rows
+        false_pos = np.trapezoid(1 - (1 - below**rows) ** bands, below)
+        false_neg = np.trapezoid((1 - above**rows) ** bands, above)
+        cost = float(false_pos + 2 * false_neg)
+        if best is None or cost < best[0]:
+            best = (cost, bands, rows)
+    assert best is not None
+    return best[1], best[2]
+
+
+class _Bands:
+    """LSH: items whose signatures agree on every row of some band are compared. Per band, the keys
+    are kept sorted in numpy arrays, so adding and looking up a batch is a few vectorised steps."""
+
+    def __init__(self, cfg: DedupeConfig) -> None:
+        self.bands, self.rows = _band_shape(cfg.threshold, cfg.num_perm)
+        rng = np.random.default_rng([cfg.seed, 1])
+        self._mul = rng.integers(0, 2**64, size=(self.bands, self.rows), dtype=np.uint64) | _U64(1)
+        self._keys = [np.empty(0, dtype=np.uint64) for _ in range(self.bands)]
+        self._ids = [np.empty(0, dtype=np.int64) for _ in range(self.bands)]
+
+    def keys(self, sigs: NDArray[np.uint32]) -> NDArray[np.uint64]:
+        """(items, bands): one key per band of each signature."""
+        banded = sigs[:, : self.bands * self.rows].astype(np.uint64).reshape(len(sigs), self.bands, self.rows)
+        keys: NDArray[np.uint64] = (banded * self._mul).sum(axis=2, dtype=np.uint64)
+        return keys
+
+    def add(self, ids: NDArray[np.int64], sigs: NDArray[np.uint32], limit: int) -> set[tuple[int, int]]:
+        """File the items (oldest first); return (new id, earlier id) for each pair sharing a bucket,
+        each new item meeting at most `limit` of the latest earlier items of a bucket."""
+        pairs: set[tuple[int, int]] = set()
+        if not len(ids):
+            return pairs
+        keys = self.keys(sigs)
+        for band in range(self.bands):
+            old_keys, old_ids = self._keys[band], self._ids[band]
+            pairs.update(_pairs_with_old(keys[:, band], ids, old_keys, old_ids, limit))
+            pairs.update(_pairs_within(keys[:, band], ids, limit))
+            merged_keys = np.concatenate((old_keys, keys[:, band]))
+            order = np.argsort(merged_keys, kind="stable")  # ties stay in arrival order
+            self._keys[band] = merged_keys[order]
+            self._ids[band] = np.concatenate((old_ids, ids))[order]
+        return pairs
+
+    def remove(self, ids: Collection[int]) -> None:
+        gone = np.fromiter(ids, dtype=np.int64, count=len(ids))
+        for band in range(self.bands):
+            keep = ~np.isin(self._ids[band], gone)
+            self._keys[band], self._ids[band] = self._keys[band][keep], self._ids[band][keep]
+
+
+def _pairs_with_old(
+    keys: NDArray[np.uint64], ids: NDArray[np.int64], old_keys: NDArray[np.uint64], old_ids: NDArray[np.int64],
+    limit: int,
+) -> Iterable[tuple[int, int]]:
+    high = np.searchsorted(old_keys, keys, side="right")
+    low = np.maximum(np.searchsorted(old_keys, keys, side="left"), high - limit)
+    counts = high - low
+    if not counts.any():
+        return ()
+    new = np.repeat(ids, counts)
+    starts = np.repeat(low - np.cumsum(counts) + counts, counts)
+    old = old_ids[starts + np.arange(counts.sum())]
+    return zip(new.tolist(), old.tolist(), strict=True)
+
+
+def _pairs_within(keys: NDArray[np.uint64], ids: NDArray[np.int64], limit: int) -> Iterable[tuple[int, int]]:
+    """Pairs among the new items themselves: each meets up to `limit` earlier ones of its bucket."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys, sorted_ids = keys[order], ids[order]
+    same_as_previous = np.concatenate(([False], sorted_keys[1:] == sorted_keys[:-1]))
+    if not same_as_previous.any():
+        return ()
+    positions = np.arange(len(keys))
+    run_start = np.maximum.accumulate(np.where(same_as_previous, 0, positions))
+    rank = positions - run_start
+    found: list[tuple[int, int]] = []
+    for back in range(1, min(limit, int(rank.max())) + 1):
+        later = np.flatnonzero(rank >= back)
+        found.extend(zip(sorted_ids[later].tolist(), sorted_ids[later - back].tolist(), strict=True))
+    return found
+
+
+# ---------------------------------------------------------------- clusters
+
+
+@dataclass(slots=True, eq=False)
+class _Cluster:
+    id: int | None  # None until the add() that created it settles
+    members: list[_Entry]
+
+
+class Index:
+    """Story clusters kept up to date as items arrive.
+
+    Each `add` hashes only the items it is given and compares them only with the indexed items that
+    share an identity or an LSH bucket. Memory grows with the items indexed: `forget` drops items
+    too old to merge with anything new (older than the window before the oldest new item).
+    """
+
+    def __init__(self, cfg: DedupeConfig | None = None, *, never_merge: Collection[frozenset[int]] = ()) -> None:
+        self.cfg = cfg or DedupeConfig()
+        self._hasher = _MinHasher(self.cfg)
+        self._bands = _Bands(self.cfg)
+        self._never: set[frozenset[int]] = set(never_merge)
+        self._entries: dict[int, _Entry] = {}
+        self._by_token: dict[str, list[int]] = {}
+        self._cluster_of: dict[int, _Cluster] = {}
+        self._clusters: dict[int, _Cluster] = {}  # settled clusters by id
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._entries
+
+    def add(self, items: Sequence[Candidate], *, existing: Mapping[int, int] | None = None) -> dict[int, int]:
+        """Index `items`; return item id -> cluster id for each of them. `existing` gives the stored
+        cluster of items clustered before; items already in this index keep theirs."""
+        fresh = self._fresh(items)
+        self._seed(fresh, existing or {})
+        edges = self._edges(fresh)
+        edges.sort(key=lambda e: (-e[0], e[1].id, e[2].id))
+        for _, a, b in edges:
+            self._merge(self._cluster_of[a.id], self._cluster_of[b.id])
+        self._settle(fresh)
+        return {c.id: self.cluster_of(c.id) for c in items}
+
+    def cluster_of(self, item_id: int) -> int:
+        cluster_id = self._cluster_of[item_id].id
+        assert cluster_id is not None, "clusters are settled before add() returns"
+        return cluster_id
+
+    def members(self, cluster_id: int) -> list[int]:
+        return sorted(e.id for e in self._clusters[cluster_id].members)
+
+    def assignment(self) -> dict[int, int]:
+        """Every indexed item id -> its cluster id."""
+        return {item_id: self.cluster_of(item_id) for item_id in self._entries}
+
+    def split(self, item_id: int) -> dict[int, int]:
+        """An editor's split: the item leaves its cluster for good. Returns the changed assignments."""
+        cluster = self._cluster_of[item_id]
+        before = {e.id: self.cluster_of(e.id) for e in cluster.members}
+        changed, pairs = split_out(before, item_id)
+        self._never |= pairs
+        if changed:
+            entry = self._entries[item_id]
+            del self._clusters[before[item_id]]
+            others = [m for m in cluster.members if m is not entry]
+            self._place(_Cluster(None, others), changed.get(others[0].id, before[others[0].id]))
+            self._place(_Cluster(None, [entry]), item_id)
+        return changed
+
+    def forget(self, before: datetime) -> int:
+        """Drop items published before `before` (undated items stay); returns how many went."""
+        cutoff = _timestamp(before)
+        old = [e for e in self._entries.values() if e.at is not None and cutoff is not None and e.at < cutoff]
+        for entry in old:
+            self._drop(entry)
+        self._bands.remove([e.id for e in old if e.sig is not None])
+        return len(old)
+
+    # -- adding
+
+    def _fresh(self, items: Sequence[Candidate]) -> list[_Entry]:
+        """Entries for the items not indexed yet, oldest first, with their signatures."""
+        seen: set[int] = set()
+        todo: list[Candidate] = []
+        for item in items:
+            if item.id in seen:
+                raise ValueError(f"dedupe: item id {item.id} appears twice in one batch")
+            seen.add(item.id)
+            if item.id not in self._entries:
+                todo.append(item)
+        entries: list[_Entry] = []
+        for start in range(0, len(todo), 2048):  # texts built a slice at a time: they are large
+            batch = todo[start : start + 2048]
+            signatures = self._hasher.signatures([_text(c) for c in batch])
+            entries.extend(_entry(c, self.cfg, sig) for c, sig in zip(batch, signatures, strict=True))
+        entries.sort(key=lambda e: (e.at is None, e.at or 0.0, e.id))
+        return entries
+
+    def _seed(self, fresh: list[_Entry], existing: Mapping[int, int]) -> None:
+        """Put each fresh item in its stored cluster (unless an editor split it from a member since),
+        or alone in a new one. The item whose id names a stored cluster goes first: it owns the id."""
+        for entry in sorted(fresh, key=lambda e: (existing.get(e.id) != e.id, e.id)):
+            self._entries[entry.id] = entry
+            stored = existing.get(entry.id)
+            home = self._clusters.get(stored) if stored is not None else None
+            if home is not None and not any(self._split_apart(entry, m) for m in home.members):
+                home.members.append(entry)
+                self._cluster_of[entry.id] = home
+            elif stored is not None and home is None:
+                self._place(_Cluster(None, [entry]), stored)
+            else:
+                self._cluster_of[entry.id] = _Cluster(None, [entry])
+
+    def _edges(self, fresh: list[_Entry]) -> list[tuple[float, _Entry, _Entry]]:
+        """Every same-story pair between a fresh item and an earlier (indexed or fresh) one."""
+        near = self._shared_identity(fresh)
+        hashed = [e for e in fresh if e.sig is not None]
+        if hashed:
+            ids = np.fromiter((e.id for e in hashed), dtype=np.int64, count=len(hashed))
+            near |= self._bands.add(ids, np.stack([e.sig for e in hashed if e.sig is not None]), self.cfg.max_bucket)
+        edges: list[tuple[float, _Entry, _Entry]] = []
+        for a_id, b_id in near:
+            a, b = sorted((self._entries[a_id], self._entries[b_id]), key=lambda e: e.id)
+            strength = _strength(a, b, self.cfg)
+            if strength > 0.0 and not self._split_apart(a, b):
+                edges.append((strength, a, b))
+        return edges
+
+    def _shared_identity(self, fresh: list[_Entry]) -> set[tuple[int, int]]:
+        limit = self.cfg.max_bucket
+        pairs: set[tuple[int, int]] = set()
+        for entry in fresh:
+            for token in entry.ids:
+                holders = self._by_token.setdefault(token, [])
+                pairs.update((entry.id, other) for other in holders[-limit:])
+                holders.append(entry.id)
+        return pairs
+
+    def _merge(self, a: _Cluster, b: _Cluster) -> None:
+        if a is b or (a.id is not None and b.id is not None) or not self._compatible(a, b):
+            return
+        bigger_new = a.id is None and len(b.members) > len(a.members)
+        keep, gone = (b, a) if b.id is not None or bigger_new else (a, b)
+        keep.members.extend(gone.members)
+        for member in gone.members:
+            self._cluster_of[member.id] = keep
+
+    def _compatible(self, a: _Cluster, b: _Cluster) -> bool:
+        """Whether every pair across the two clusters could be one story (so no cluster holds two
+        items of one source, or spans more than the window)."""
+        return not any(_vetoed(x, y, self.cfg) or self._split_apart(x, y) for x in a.members for y in b.members)
+
+    def _split_apart(self, a: _Entry, b: _Entry) -> bool:
+        return bool(self._never) and frozenset((a.id, b.id)) in self._never
+
+    def _settle(self, fresh: Iterable[_Entry]) -> None:
+        """Give each new cluster an id: the smallest member id not naming another cluster."""
+        for entry in fresh:
+            cluster = self._cluster_of[entry.id]
+            if cluster.id is not None:
+                continue
+            free = [e.id for e in cluster.members if e.id not in self._clusters]
+            if not free:
+                raise ValueError(f"dedupe: existing cluster ids {sorted(e.id for e in cluster.members)} collide")
+            self._place(cluster, min(free))
+
+    def _place(self, cluster: _Cluster, cluster_id: int) -> None:
+        cluster.id = cluster_id
+        self._clusters[cluster_id] = cluster
+        for member in cluster.members:
+            self._cluster_of[member.id] = cluster
+
+    # -- forgetting
+
+    def _drop(self, entry: _Entry) -> None:
+        del self._entries[entry.id]
+        for token in entry.ids:
+            holders = self._by_token[token]
+            holders.remove(entry.id)
+            if not holders:
+                del self._by_token[token]
+        cluster = self._cluster_of.pop(entry.id)
+        cluster.members.remove(entry)
+        if not cluster.members and cluster.id is not None:
+            del self._clusters[cluster.id]
+
+
+# ---------------------------------------------------------------- the functions other code calls
+
+
+def same_story(a: Candidate, b: Candidate, cfg: DedupeConfig | None = None) -> bool:
+    """The pairwise rule, without LSH: a shared identity or near-duplicate text, and no veto."""
+    cfg = cfg or DedupeConfig()
+    if a.id == b.id:
+        return True
+    sig_a, sig_b = _MinHasher(cfg).signatures([_text(a), _text(b)])
+    return _strength(_entry(a, cfg, sig_a), _entry(b, cfg, sig_b), cfg) > 0.0
+
+
+def cluster(
+    items: Sequence[Candidate],
+    cfg: DedupeConfig | None = None,
+    *,
+    existing: Mapping[int, int] | None = None,
+    never_merge: Collection[frozenset[int]] = (),
+) -> dict[int, int]:
+    """Item id -> cluster id for every item: the stored cluster when an item joins one (`existing`),
+    else the smallest member id. Two stored clusters never merge; pairs in `never_merge` never meet."""
+    return Index(cfg, never_merge=never_merge).add(items, existing=existing)
+
+
+def split_out(assignment: Mapping[int, int], item_id: int) -> tuple[dict[int, int], set[frozenset[int]]]:
+    """An editor takes `item_id` out of its cluster. Given the cluster's members (item id -> cluster
+    id), returns the assignments that change (the item alone under its own id; the rest renumbered
+    to their smallest id if the cluster was named after the item) and the pairs to never merge."""
+    if item_id not in assignment:
+        raise ValueError(f"dedupe: item {item_id} is not in the cluster given")
+    cluster_id = assignment[item_id]
+    rest = sorted(i for i, c in assignment.items() if c == cluster_id and i != item_id)
+    if not rest:
+        return {}, set()
+    changed = {item_id: item_id}
+    if cluster_id == item_id:
+        changed |= dict.fromkeys(rest, rest[0])
+    return changed, {frozenset((item_id, other)) for other in rest}
