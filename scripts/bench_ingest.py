@@ -29,8 +29,21 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = ("model training data inference transformer attention benchmark release agent robot vision "
-         "language alignment safety scaling token dataset evaluation open source paper gpu").split()  # fmt: skip
+def _vocabulary(size: int = 6000, seed: int = 7) -> list[str]:
+    """Pseudo-words, sampled with Zipf-like weights below: text that varies like real prose (a tiny
+    vocabulary would make every post a near-duplicate of every other, which no real feed is)."""
+    rng = random.Random(seed)
+    letters = "etaoinshrdlcumwfgypbvkjxqz"
+    return ["".join(rng.choice(letters[: 8 + n % 18]) for _ in range(rng.randint(2, 10))) for n in range(size)]
+
+
+WORDS = _vocabulary()
+WEIGHTS = [1 / (rank + 1) for rank in range(len(WORDS))]
+
+
+def _words(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choices(WORDS, WEIGHTS, k=n))
+
 
 SERVER = textwrap.dedent(
     """
@@ -74,8 +87,8 @@ FLOOR = textwrap.dedent(
 def make_feed(rng: random.Random, n: int) -> str:
     entries = []
     for i in range(rng.randint(20, 100)):
-        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(60, 250)))
-        title = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 10))).title()
+        words = _words(rng, rng.randint(60, 250))
+        title = _words(rng, rng.randint(4, 10)).title()
         entries.append(
             f"<item><title>{title} {n}-{i}</title><link>https://blog{n}.example.org/posts/{i}</link>"
             f"<guid>https://blog{n}.example.org/posts/{i}</guid>"

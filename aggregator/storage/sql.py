@@ -247,22 +247,22 @@ class Storage(QueueStore, LeaseStore, StorageBase):
             unchanged += len(chunk) - len(fresh) - len(changed)
             if fresh:
                 rows = [_item_row(i, now) | {"first_seen": now} for i in fresh]
-                stmt = self._insert(t.items).values(rows).on_conflict_do_nothing(index_elements=["key"])
-                # RETURNING gives only the rows this call inserted: a concurrent worker's are not "new" here
-                new_ids += conn.execute(stmt.returning(t.items.c.id)).scalars().all()
+                # One statement compiled once and sent in batches (executemany). RETURNING gives only
+                # the rows this call inserted: a concurrent worker's are not "new" here.
+                stmt = self._insert(t.items).on_conflict_do_nothing(index_elements=["key"]).returning(t.items.c.id)
+                new_ids += conn.execute(stmt, rows).scalars().all()
             if changed:
                 changed_ids += self._update_items(conn, changed, now)
         return StoreCounts(len(new_ids), len(changed_ids), unchanged, tuple(new_ids), tuple(changed_ids))
 
     def _update_items(self, conn: Connection, changed: list[Item], now: datetime) -> list[int]:
-        rows = [_item_row(i, now) for i in changed]
-        stmt = self._insert(t.items).values([r | {"first_seen": now} for r in rows])
-        excluded = stmt.excluded
+        rows = [_item_row(i, now) | {"first_seen": now} for i in changed]
+        stmt = self._insert(t.items)
         stmt = stmt.on_conflict_do_update(
             index_elements=["key"],
-            set_={name: getattr(excluded, name) for name in (*_ITEM_FIELDS, "updated_at")},
+            set_={name: getattr(stmt.excluded, name) for name in (*_ITEM_FIELDS, "updated_at")},
         )
-        conn.execute(stmt)
+        conn.execute(stmt, rows)
         return self._ids_for(conn, [i.key for i in changed])
 
     @staticmethod
@@ -334,15 +334,13 @@ class Storage(QueueStore, LeaseStore, StorageBase):
     def save_predictions(self, predictions: Sequence[tuple[int, Prediction]], now: datetime) -> None:
         if not predictions:
             return
+        rows = [_prediction_row(item_id, p, now) for item_id, p in predictions]
+        stmt = self._insert(t.predictions)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["item_id"], set_={c: getattr(stmt.excluded, c) for c in rows[0] if c != "item_id"}
+        )
         with self._tx("store predictions") as conn:
-            for start in range(0, len(predictions), CHUNK):
-                rows = [_prediction_row(item_id, p, now) for item_id, p in predictions[start : start + CHUNK]]
-                stmt = self._insert(t.predictions).values(rows)
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=["item_id"],
-                    set_={c: getattr(stmt.excluded, c) for c in rows[0] if c != "item_id"},
-                )
-                conn.execute(stmt)
+            conn.execute(stmt, rows)
 
     def predictions_for(self, ids: Iterable[int]) -> dict[int, Prediction]:
         wanted = list(ids)
@@ -476,8 +474,8 @@ class Storage(QueueStore, LeaseStore, StorageBase):
             for start in range(0, len(batch), CHUNK):
                 rows = [_example_row(e, now) for e in batch[start : start + CHUNK]]
                 rows = list({r["fingerprint"]: r for r in rows}.values())
-                stmt = self._insert(t.examples).values(rows).on_conflict_do_nothing(index_elements=["fingerprint"])
-                added += len(conn.execute(stmt.returning(t.examples.c.id)).all())
+                stmt = self._insert(t.examples).on_conflict_do_nothing(index_elements=["fingerprint"])
+                added += len(conn.execute(stmt.returning(t.examples.c.id), rows).all())
         return added
 
     def examples(self) -> list[LabeledExample]:
