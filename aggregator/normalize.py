@@ -57,7 +57,7 @@ def normalize(entry: RawEntry, *, kind: ItemKind, now: datetime) -> Item:
         kind="paper" if arxiv else kind,
         summary_text=summary_text,
         summary_html=summary_html,
-        authors=tuple(dict.fromkeys(name.strip() for name in entry.authors if name.strip())),
+        authors=tuple(dict.fromkeys(name for name in map(_collapse, entry.authors) if name)),
         published=_published(entry, now),
         tags=entry.tags,
         arxiv_id=arxiv[0] if arxiv else None,
@@ -122,7 +122,9 @@ def canonical_url(url: str, base: str | None = None) -> str:
     """One spelling per page: http(s) only (ParseError otherwise), lower-case scheme and host, no
     fragment, default port or tracking parameters; other parameters kept in their order. http is
     not upgraded to https: not every site serves both."""
-    text = url.strip(_LEADING_CONTROL_OR_SPACE)
+    if _ALREADY_CANONICAL.match(url):  # most links in feeds: skip the parse (this runs per entry)
+        return url
+    text = _CONTROL_IN_URL.sub(_percent_encoded, url.strip(_LEADING_CONTROL_OR_SPACE))
     if base and not text.lower().startswith(("http://", "https://")):
         text = urljoin(base, text)
     parts = urlsplit(text)
@@ -131,6 +133,18 @@ def canonical_url(url: str, base: str | None = None) -> str:
         raise ParseError(f"not an http(s) URL: {url[:200]!r}")
     return urlunsplit((scheme, _host_and_port(parts.hostname, parts.port, scheme), parts.path or "/",
                        _without_tracking(parts.query), ""))
+
+
+# Lower-case scheme and host, no port, userinfo, query or fragment, a path: nothing to change.
+_ALREADY_CANONICAL = re.compile(r"https?://[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?:/[!$&'()*+,;=:@%/~.\w-]*)\Z", re.ASCII)
+
+# Control characters inside a URL are percent-encoded, as browsers do (tab and line breaks are
+# dropped by urlsplit): a raw NUL would make the item key one PostgreSQL refuses to store.
+_CONTROL_IN_URL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _percent_encoded(found: re.Match[str]) -> str:
+    return f"%{ord(found.group()):02X}"
 
 
 def _host_and_port(hostname: str, port: int | None, scheme: str) -> str:
@@ -260,8 +274,12 @@ def clean_title(title: str) -> str:
     return _collapse(html.unescape(title)) if "&" in title else _collapse(title)
 
 
+_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f]")  # never text; PostgreSQL refuses NUL outright
+
+
 def _collapse(text: str) -> str:
-    return " ".join(text.split())
+    """Runs of whitespace and control characters become one space."""
+    return " ".join(_CONTROL_CHARACTERS.sub(" ", text).split())
 
 
 def _first_words(text: str) -> str:
@@ -315,8 +333,10 @@ def _capped_sanitized_html(html_text: str, base: str | None) -> str:
     sanitizer closes any tag the cut leaves open), and once more if resolving links grew it."""
     cleaned = sanitize_html(html_text[:SUMMARY_HTML_CAP], base)
     if len(cleaned) > SUMMARY_HTML_CAP:
-        cut = cleaned.rfind(">", 0, SUMMARY_HTML_CAP - 100)
-        cleaned = sanitize_html(cleaned[: cut + 1 if cut > 0 else SUMMARY_HTML_CAP - 100], base)
+        # after a tag or between words: cutting only after a tag emptied one long paragraph to "<p></p>"
+        limit = SUMMARY_HTML_CAP - 100
+        cut = max(cleaned.rfind(">", 0, limit), cleaned.rfind(" ", 0, limit))
+        cleaned = sanitize_html(cleaned[: cut + 1 if cut > limit // 2 else limit], base)
     return cleaned
 
 

@@ -84,16 +84,17 @@ def poll_sources(
     """run_once after choosing: poll `chosen` (fetch state from `states`), store, cluster, classify,
     record. A worker calls it on the sources it leased, with their state as its claim returned it."""
     results = asyncio.run(_poll_all(settings, storage, chosen, states, started, progress, options.lease_owner))
-    # The model stack (scikit-learn, 1-3 s to import) loads only when a run gets this far, so
-    # commands that never classify start fast.
-    from aggregator.classify.stage import classify_pending
-    from aggregator.clusters import cluster_new
-
     notes: list[str] = []
     new_ids = [i for r in results for i in r[1]]
     if settings.model.dedupe.enabled and new_ids:
+        from aggregator.clusters import cluster_new
+
         cluster_new(storage, settings, new_ids)
     if options.classify:
+        # The model stack (scikit-learn, 1-3 s to import) loads only here, so commands and runs
+        # that never classify start fast.
+        from aggregator.classify.stage import classify_pending
+
         # A worker classifies only what it stored; a run also catches up on anything left unclassified.
         only = new_ids if options.lease_owner else None
         notes += classify_pending(storage, settings, started, ids=only)
