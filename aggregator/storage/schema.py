@@ -78,6 +78,9 @@ sources = Table(
     Column("lease_owner", String(200)),
     Column("lease_expires", UTCDateTime),
     Column("created", UTCDateTime, nullable=False),
+    # Host of `url` (lower case): workers' claims count live leases per host (migration 0003).
+    Column("host", String(255)),
+    Index("ix_sources_next_check", "next_check"),
 )
 
 items = Table(
@@ -117,6 +120,9 @@ predictions = Table(
     Column("model_version", String(100)),
     Column("relevance", Float),
     Column("predicted_at", UTCDateTime, nullable=False),
+    # Queue rank, kept by triggers (migration 0002; formula in storage/queue.py).
+    Column("priority", Float),
+    Index("ix_predictions_section_priority", "section", "priority"),
 )
 
 # Append-only editor events; never updated, never deleted.
@@ -211,4 +217,13 @@ locks = Table(
     Column("owner", String(200), nullable=False),
     Column("acquired", UTCDateTime, nullable=False),
     Column("expires", UTCDateTime, nullable=False),
+)
+
+# Shared pacing (migration 0003): one row per key ("arxiv"), the earliest time the next request may
+# start, in seconds since the epoch by the database's clock, so every worker on every machine agrees.
+rate_slots = Table(
+    "rate_slots",
+    metadata,
+    Column("key", String(100), primary_key=True),
+    Column("next_at", Float, nullable=False),
 )
