@@ -377,19 +377,8 @@ class Storage(QueueStore, LeaseStore, StorageBase):
             return list(conn.execute(query).scalars())
 
     def queue_counts(self) -> dict[str, int]:
-        """Undecided items per section (moved items count in their new section)."""
-        state, pred = t.item_state.c, t.predictions.c
-        section = sa.func.coalesce(state.section, pred.section, "(unclassified)").label("section")
-        query = (
-            sa.select(section, sa.func.count())
-            .select_from(t.items)
-            .outerjoin(t.item_state, state.item_id == t.items.c.id)
-            .outerjoin(t.predictions, pred.item_id == t.items.c.id)
-            .where(sa.or_(state.status.is_(None), state.status == "candidate"))
-            .group_by(section)
-        )
-        with self._read("count the queue") as conn:
-            return {name: int(n) for name, n in conn.execute(query).all()}
+        """Queued stories per section, as the review page counts them."""
+        return self.queue_section_counts()
 
     # -- decisions ---------------------------------------------------------------------------
 
