@@ -24,10 +24,11 @@ merge with each other; a new cluster takes the smallest id among its members.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -37,9 +38,10 @@ from aggregator.errors import ConfigError, ParseError
 from aggregator.normalize import arxiv_base_id, canonical_url
 from aggregator.types import StoredItem
 
-__all__ = ["Candidate", "DedupeConfig", "Index", "cluster", "same_story", "split_out"]
+__all__ = ["AddStats", "Candidate", "DedupeConfig", "Index", "cluster", "same_story", "split_out"]
 
 _U64 = np.uint64
+_Int = TypeVar("_Int", np.int64, np.intp)
 
 _RELEASE_REF = re.compile(r"^(?:gh:|github:)?([\w.-]+/[\w.-]+)@(\S+)$", re.IGNORECASE)
 _RELEASE_URL = re.compile(r"github\.com/([\w.-]+/[\w.-]+)/releases/tag/([^/?#\s]+)", re.IGNORECASE)
@@ -447,22 +449,24 @@ class _Bands:
         keys: NDArray[np.uint64] = (banded * self._mul).sum(axis=2, dtype=np.uint64)
         return keys
 
-    def add(self, ids: NDArray[np.int64], sigs: NDArray[np.uint32], limit: int) -> set[tuple[int, int]]:
+    def add(self, ids: NDArray[np.int64], sigs: NDArray[np.uint32], limit: int) -> _PairArrays:
         """File the items (oldest first); return (new id, earlier id) for each pair sharing a bucket,
         each new item meeting at most `limit` of the latest earlier items of a bucket."""
-        pairs: set[tuple[int, int]] = set()
+        found: list[_PairArrays] = []
         if not len(ids):
-            return pairs
+            return _no_pairs()
         keys = self.keys(sigs)
         for band in range(self.bands):
             old_keys, old_ids = self._keys[band], self._ids[band]
-            pairs.update(_pairs_with_old(keys[:, band], ids, old_keys, old_ids, limit))
-            pairs.update(_pairs_within(keys[:, band], ids, limit))
+            found.append(_pairs_with_old(keys[:, band], ids, old_keys, old_ids, limit))
+            found.append(_pairs_within(keys[:, band], ids, limit))
+            if len(found) > 16:  # near-identical items meet in every band: keep the pairs found once
+                found = [_unique_pairs(found)]
             merged_keys = np.concatenate((old_keys, keys[:, band]))
             order = np.argsort(merged_keys, kind="stable")  # ties stay in arrival order
             self._keys[band] = merged_keys[order]
             self._ids[band] = np.concatenate((old_ids, ids))[order]
-        return pairs
+        return _unique_pairs(found)
 
     def remove(self, ids: Collection[int]) -> None:
         gone = np.fromiter(ids, dtype=np.int64, count=len(ids))
@@ -471,64 +475,206 @@ class _Bands:
             self._keys[band], self._ids[band] = self._keys[band][keep], self._ids[band][keep]
 
 
+# Candidate pairs as two aligned id arrays (a new item, an earlier one): millions of pairs as Python
+# tuples cost seconds before a single one is compared.
+_PairArrays = tuple[NDArray[np.int64], NDArray[np.int64]]
+
+
+def _no_pairs() -> _PairArrays:
+    return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+
+
+def _unique_pairs(parts: Sequence[_PairArrays]) -> _PairArrays:
+    """The distinct pairs among `parts`."""
+    new, old = _joined(parts)
+    order = np.lexsort((old, new))
+    new, old = new[order], old[order]
+    distinct = np.ones(len(new), dtype=bool)
+    distinct[1:] = (new[1:] != new[:-1]) | (old[1:] != old[:-1])
+    return new[distinct], old[distinct]
+
+
+def _joined(parts: Sequence[_PairArrays]) -> _PairArrays:
+    if not parts:
+        return _no_pairs()
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def _pairs_with_old(
-    keys: NDArray[np.uint64], ids: NDArray[np.int64], old_keys: NDArray[np.uint64], old_ids: NDArray[np.int64],
+    keys: NDArray[np.uint64],
+    ids: NDArray[np.int64],
+    old_keys: NDArray[np.uint64],
+    old_ids: NDArray[np.int64],
     limit: int,
-) -> Iterable[tuple[int, int]]:
+) -> _PairArrays:
     high = np.searchsorted(old_keys, keys, side="right")
     low = np.maximum(np.searchsorted(old_keys, keys, side="left"), high - limit)
     counts = high - low
     if not counts.any():
-        return ()
+        return _no_pairs()
     new = np.repeat(ids, counts)
     starts = np.repeat(low - np.cumsum(counts) + counts, counts)
-    old = old_ids[starts + np.arange(counts.sum())]
-    return zip(new.tolist(), old.tolist(), strict=True)
+    return new, old_ids[starts + np.arange(counts.sum())]
 
 
-def _pairs_within(keys: NDArray[np.uint64], ids: NDArray[np.int64], limit: int) -> Iterable[tuple[int, int]]:
+def _pairs_within(keys: NDArray[np.uint64], ids: NDArray[np.int64], limit: int) -> _PairArrays:
     """Pairs among the new items themselves: each meets up to `limit` earlier ones of its bucket."""
     order = np.argsort(keys, kind="stable")
     sorted_keys, sorted_ids = keys[order], ids[order]
     same_as_previous = np.concatenate(([False], sorted_keys[1:] == sorted_keys[:-1]))
     if not same_as_previous.any():
-        return ()
-    positions = np.arange(len(keys))
+        return _no_pairs()
+    return _runs_back(sorted_ids, same_as_previous, np.ones(len(ids), dtype=bool), limit)
+
+
+def _runs_back(
+    ids: NDArray[np.int64], same_as_previous: NDArray[np.bool_], is_new: NDArray[np.bool_], limit: int
+) -> _PairArrays:
+    """In runs of ids (a run continues where `same_as_previous`), pair each new id with the up to
+    `limit` ids just before it in its run."""
+    positions = np.arange(len(ids))
     run_start = np.maximum.accumulate(np.where(same_as_previous, 0, positions))
     rank = positions - run_start
-    found: list[tuple[int, int]] = []
-    for back in range(1, min(limit, int(rank.max())) + 1):
-        later = np.flatnonzero(rank >= back)
-        found.extend(zip(sorted_ids[later].tolist(), sorted_ids[later - back].tolist(), strict=True))
-    return found
+    new: list[NDArray[np.int64]] = []
+    old: list[NDArray[np.int64]] = []
+    for back in range(1, min(limit, int(rank.max(initial=0))) + 1):
+        later = np.flatnonzero((rank >= back) & is_new)
+        new.append(ids[later])
+        old.append(ids[later - back])
+    return _joined(list(zip(new, old, strict=True)))
 
 
 # ---------------------------------------------------------------- clusters
+
+
+@dataclass(frozen=True, slots=True)
+class AddStats:
+    """How much comparing one `Index.add` did: what the speed of clustering depends on."""
+
+    items: int = 0  # items newly indexed
+    candidates: int = 0  # distinct pairs offered by the identity index and the LSH buckets
+    compared: int = 0  # candidate pairs left by the vetoes that run on whole arrays of pairs
+    edges: int = 0  # pairs found to be one story: each is one attempt to merge two clusters
+
+
+@dataclass(slots=True, eq=False)
+class _Profile:
+    """What the vetoes read of a whole cluster, so two clusters are checked against each other in a
+    few set operations rather than one veto per pair of members (two 200-item clusters: 40,000)."""
+
+    sources: set[str] = field(default_factory=set)
+    earliest: float | None = None
+    latest: float | None = None
+    repos: set[str] = field(default_factory=set)
+    # The distinct non-empty tuples among the members: a member naming nothing is vetoed by nothing.
+    papers: set[tuple[str, ...]] = field(default_factory=set)
+    releases: set[tuple[str, ...]] = field(default_factory=set)
+    versions: set[tuple[str, ...]] = field(default_factory=set)
+    years: set[tuple[str, ...]] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, members: Iterable[_Entry]) -> _Profile:
+        profile = cls()
+        for member in members:
+            profile.add(member)
+        return profile
+
+    def add(self, entry: _Entry) -> None:
+        self.sources.add(entry.source)
+        self._span(entry.at, entry.at)
+        if entry.repo is not None:
+            self.repos.add(entry.repo)
+        for kept, named in zip(self._names(), (entry.papers, entry.releases, entry.versions, entry.years), strict=True):
+            if named:
+                kept.add(named)
+
+    def absorb(self, other: _Profile) -> None:
+        self.sources |= other.sources
+        self._span(other.earliest, other.latest)
+        self.repos |= other.repos
+        for kept, named in zip(self._names(), other._names(), strict=True):
+            kept |= named
+
+    def vetoes(self, other: _Profile, window: float) -> bool:
+        """Whether `_vetoed` holds for some pair of members across the two clusters."""
+        if not self.sources.isdisjoint(other.sources):
+            return True
+        if self._too_far_apart(other, window):
+            return True
+        if self.repos and other.repos and len(self.repos | other.repos) > 1:
+            return True
+        return any(
+            not _shared(x, y)
+            for mine, theirs in zip(self._names(), other._names(), strict=True)
+            for x in mine
+            for y in theirs
+        )
+
+    def _too_far_apart(self, other: _Profile, window: float) -> bool:
+        # The widest pair across two clusters is one's latest with the other's earliest.
+        if self.earliest is None or self.latest is None or other.earliest is None or other.latest is None:
+            return False
+        return max(self.latest - other.earliest, other.latest - self.earliest) > window
+
+    def _span(self, earliest: float | None, latest: float | None) -> None:
+        if earliest is not None:
+            self.earliest = earliest if self.earliest is None else min(self.earliest, earliest)
+        if latest is not None:
+            self.latest = latest if self.latest is None else max(self.latest, latest)
+
+    def _names(self) -> tuple[set[tuple[str, ...]], ...]:
+        return self.papers, self.releases, self.versions, self.years
 
 
 @dataclass(slots=True, eq=False)
 class _Cluster:
     id: int | None  # None until the add() that created it settles
     members: list[_Entry]
+    known: _Profile | None = None  # computed when first compared, then kept up to date
+
+    def profile(self) -> _Profile:
+        if self.known is None:
+            self.known = _Profile.of(self.members)
+        return self.known
+
+    def add(self, entry: _Entry) -> None:
+        self.members.append(entry)
+        if self.known is not None:
+            self.known.add(entry)
+
+    def absorb(self, other: _Cluster) -> None:
+        self.members.extend(other.members)
+        if self.known is not None:
+            self.known.absorb(other.profile())
+
+    def remove(self, entry: _Entry) -> None:
+        self.members.remove(entry)
+        self.known = None
 
 
 class Index:
     """Story clusters kept up to date as items arrive.
 
     Each `add` hashes only the items it is given and compares them only with the indexed items that
-    share an identity or an LSH bucket. Memory grows with the items indexed: `forget` drops items
-    too old to merge with anything new (older than the window before the oldest new item).
+    share an identity or an LSH bucket: each new item meets at most `max_bucket` earlier items per
+    identity and per band, so the work grows linearly with the items even when hundreds of them share
+    a link or repeat one text. Memory grows with the items indexed: `forget` drops items too old to
+    merge with anything new (older than the window before the oldest new item).
     """
 
     def __init__(self, cfg: DedupeConfig | None = None, *, never_merge: Collection[frozenset[int]] = ()) -> None:
         self.cfg = cfg or DedupeConfig()
+        self.last_add = AddStats()
         self._hasher = _MinHasher(self.cfg)
         self._bands = _Bands(self.cfg)
-        self._never: set[frozenset[int]] = set(never_merge)
+        self._window = self.cfg.window.total_seconds()
+        self._never: set[frozenset[int]] = set()
+        self._split_from: dict[int, set[int]] = {}  # the pairs in _never, by either item
         self._entries: dict[int, _Entry] = {}
         self._by_token: dict[str, list[int]] = {}
         self._cluster_of: dict[int, _Cluster] = {}
         self._clusters: dict[int, _Cluster] = {}  # settled clusters by id
+        self._keep_apart(never_merge)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -541,10 +687,8 @@ class Index:
         cluster of items clustered before; items already in this index keep theirs."""
         fresh = self._fresh(items)
         self._seed(fresh, existing or {})
-        edges = self._edges(fresh)
-        edges.sort(key=lambda e: (-e[0], e[1].id, e[2].id))
-        for _, a, b in edges:
-            self._merge(self._cluster_of[a.id], self._cluster_of[b.id])
+        for a, b in self._edges(fresh):
+            self._merge(self._cluster_of[a], self._cluster_of[b])
         self._settle(fresh)
         return {c.id: self.cluster_of(c.id) for c in items}
 
@@ -565,7 +709,7 @@ class Index:
         cluster = self._cluster_of[item_id]
         before = {e.id: self.cluster_of(e.id) for e in cluster.members}
         changed, pairs = split_out(before, item_id)
-        self._never |= pairs
+        self._keep_apart(pairs)
         if changed:
             entry = self._entries[item_id]
             del self._clusters[before[item_id]]
@@ -610,55 +754,97 @@ class Index:
             self._entries[entry.id] = entry
             stored = existing.get(entry.id)
             home = self._clusters.get(stored) if stored is not None else None
-            if home is not None and not any(self._split_apart(entry, m) for m in home.members):
-                home.members.append(entry)
+            if home is not None and not self._split_from_any(entry.id, home):
+                home.add(entry)
                 self._cluster_of[entry.id] = home
             elif stored is not None and home is None:
                 self._place(_Cluster(None, [entry]), stored)
             else:
                 self._cluster_of[entry.id] = _Cluster(None, [entry])
 
-    def _edges(self, fresh: list[_Entry]) -> list[tuple[float, _Entry, _Entry]]:
-        """Every same-story pair between a fresh item and an earlier (indexed or fresh) one."""
-        near = self._shared_identity(fresh)
+    def _edges(self, fresh: list[_Entry]) -> list[tuple[int, int]]:
+        """Every same-story pair between a fresh item and an earlier (indexed or fresh) one, as
+        (lower id, higher id), strongest first (ties by ids). The vetoes most pairs fail (one source,
+        too far apart in time) run on whole arrays of pairs; only the pairs left are looked at one
+        by one."""
+        by_identity, crowded = self._identity_pairs(fresh)
+        by_text = _no_pairs()
         hashed = [e for e in fresh if e.sig is not None]
         if hashed:
             ids = np.fromiter((e.id for e in hashed), dtype=np.int64, count=len(hashed))
-            near |= self._bands.add(ids, np.stack([e.sig for e in hashed if e.sig is not None]), self.cfg.max_bucket)
-        edges: list[tuple[float, _Entry, _Entry]] = []
-        for a_id, b_id in near:
-            a, b = sorted((self._entries[a_id], self._entries[b_id]), key=lambda e: e.id)
-            strength = _strength(a, b, self.cfg)
-            if strength > 0.0 and not self._split_apart(a, b):
-                edges.append((strength, a, b))
-        return edges
+            sigs = np.stack([e.sig for e in hashed if e.sig is not None])
+            by_text = self._bands.add(ids, sigs, self.cfg.max_bucket)
+        pairs = _Pairs.of(self._entries, by_identity, by_text)
+        strength = pairs.strengths(self.cfg, crowded)
+        found = np.flatnonzero(strength > 0.0)
+        if self._never:
+            found = found[
+                [not self._split_apart(pairs.entries[pairs.lo[k]], pairs.entries[pairs.hi[k]]) for k in found.tolist()]
+            ].astype(np.intp)
+        lo, hi = pairs.ids[pairs.lo[found]], pairs.ids[pairs.hi[found]]
+        order = np.lexsort((hi, lo, -strength[found]))
+        self.last_add = AddStats(len(fresh), len(pairs.lo), pairs.compared, len(found))
+        return list(zip(lo[order].tolist(), hi[order].tolist(), strict=True))
 
-    def _shared_identity(self, fresh: list[_Entry]) -> set[tuple[int, int]]:
+    def _identity_pairs(self, fresh: list[_Entry]) -> tuple[_PairArrays, set[str]]:
+        """(new id, earlier id) for the items sharing an identity token, each new holder meeting the
+        latest `max_bucket` earlier holders; and the tokens held by more items than that (a pair
+        sharing one of those may not be among the pairs)."""
         limit = self.cfg.max_bucket
-        pairs: set[tuple[int, int]] = set()
+        joining: dict[str, list[int]] = {}
         for entry in fresh:
             for token in entry.ids:
-                holders = self._by_token.setdefault(token, [])
-                pairs.update((entry.id, other) for other in holders[-limit:])
-                holders.append(entry.id)
-        return pairs
+                joining.setdefault(token, []).append(entry.id)
+        run_ids: list[int] = []
+        run_continues: list[bool] = []
+        run_new: list[bool] = []
+        crowded: set[str] = set()
+        for token, new in joining.items():
+            holders = self._by_token.setdefault(token, [])
+            if holders or len(new) > 1:
+                earlier = holders[-limit:]
+                run_ids += earlier + new
+                run_continues += [False] + [True] * (len(earlier) + len(new) - 1)
+                run_new += [False] * len(earlier) + [True] * len(new)
+            holders += new
+            if len(holders) > limit:
+                crowded.add(token)
+        if not run_ids:
+            return _no_pairs(), crowded
+        pairs = _runs_back(np.array(run_ids, dtype=np.int64), np.array(run_continues), np.array(run_new), limit)
+        return pairs, crowded
 
     def _merge(self, a: _Cluster, b: _Cluster) -> None:
         if a is b or (a.id is not None and b.id is not None) or not self._compatible(a, b):
             return
         bigger_new = a.id is None and len(b.members) > len(a.members)
         keep, gone = (b, a) if b.id is not None or bigger_new else (a, b)
-        keep.members.extend(gone.members)
+        keep.absorb(gone)
         for member in gone.members:
             self._cluster_of[member.id] = keep
 
     def _compatible(self, a: _Cluster, b: _Cluster) -> bool:
         """Whether every pair across the two clusters could be one story (so no cluster holds two
         items of one source, or spans more than the window)."""
-        return not any(_vetoed(x, y, self.cfg) or self._split_apart(x, y) for x in a.members for y in b.members)
+        if a.profile().vetoes(b.profile(), self._window):
+            return False
+        smaller, other = (a, b) if len(a.members) <= len(b.members) else (b, a)
+        return not (self._never and any(self._split_from_any(m.id, other) for m in smaller.members))
+
+    def _keep_apart(self, pairs: Iterable[frozenset[int]]) -> None:
+        for pair in pairs:
+            self._never.add(pair)
+            if len(pair) == 2:
+                a, b = pair
+                self._split_from.setdefault(a, set()).add(b)
+                self._split_from.setdefault(b, set()).add(a)
 
     def _split_apart(self, a: _Entry, b: _Entry) -> bool:
         return bool(self._never) and frozenset((a.id, b.id)) in self._never
+
+    def _split_from_any(self, item_id: int, cluster: _Cluster) -> bool:
+        """Whether an editor split the item from a member of the cluster."""
+        return any(self._cluster_of.get(other) is cluster for other in self._split_from.get(item_id, ()))
 
     def _settle(self, fresh: Iterable[_Entry]) -> None:
         """Give each new cluster an id: the smallest member id not naming another cluster."""
@@ -687,9 +873,124 @@ class Index:
             if not holders:
                 del self._by_token[token]
         cluster = self._cluster_of.pop(entry.id)
-        cluster.members.remove(entry)
+        cluster.remove(entry)
         if not cluster.members and cluster.id is not None:
             del self._clusters[cluster.id]
+
+
+@dataclass(slots=True, eq=False)
+class _Pairs:
+    """The distinct candidate pairs of one add, as positions (lo < hi, in id order) into `entries`,
+    the items they involve; the first `shared` pairs came from the identity index."""
+
+    ids: NDArray[np.int64]
+    entries: list[_Entry]
+    lo: NDArray[np.intp]
+    hi: NDArray[np.intp]
+    shared: int
+    compared: int = 0
+
+    @classmethod
+    def of(cls, entries: Mapping[int, _Entry], by_identity: _PairArrays, by_text: _PairArrays) -> _Pairs:
+        ends = np.concatenate((*by_identity, *by_text))
+        ids, positions = np.unique(ends, return_inverse=True)
+        positions = positions.reshape(-1)
+        split = np.cumsum([len(by_identity[0])] * 2 + [len(by_text[0])])
+        new_id, old_id, new_text, old_text = np.split(positions, split)
+        size = max(len(ids), 1)
+        identity_keys = _distinct(np.minimum(new_id, old_id) * size + np.maximum(new_id, old_id))
+        text_keys = _distinct(np.minimum(new_text, old_text) * size + np.maximum(new_text, old_text))
+        text_only = text_keys[~np.isin(text_keys, identity_keys, assume_unique=True, kind="sort")]
+        keys = np.concatenate((identity_keys, text_only))
+        lo, hi = np.divmod(keys, size)
+        return cls(ids, [entries[i] for i in ids.tolist()], lo.astype(np.intp), hi.astype(np.intp), len(identity_keys))
+
+    def strengths(self, cfg: DedupeConfig, crowded: Collection[str]) -> NDArray[np.float64]:
+        """`_strength` of every pair: 2.0 for a shared identity, the similarity for a near-duplicate,
+        0.0 when not the same story."""
+        strength = np.zeros(len(self.lo))
+        left = np.flatnonzero(~self._vetoed(cfg))
+        self.compared = len(left)
+        identity = left < self.shared
+        strength[left[identity]] = 2.0
+        text = left[~identity]
+        if crowded:  # a text pair may share an identity whose holders were too many to pair them
+            text = text[[not self._shared_identity(k, strength) for k in text.tolist()]].astype(np.intp)
+        return self._near_duplicates(text, strength, cfg)
+
+    def _vetoed(self, cfg: DedupeConfig) -> NDArray[np.bool_]:
+        """`_vetoed` of every pair: the common vetoes on arrays, the rest one by one (rarely needed)."""
+        sources, lo, hi = _codes(e.source for e in self.entries), self.lo, self.hi
+        vetoed: NDArray[np.bool_] = sources[lo] == sources[hi]
+        at = np.array([np.nan if e.at is None else e.at for e in self.entries])
+        with np.errstate(invalid="ignore"):  # undated items (NaN) are never too far apart
+            vetoed |= np.abs(at[lo] - at[hi]) > cfg.window.total_seconds()
+        repos = _codes(e.repo for e in self.entries)
+        vetoed |= (repos[lo] >= 0) & (repos[hi] >= 0) & (repos[lo] != repos[hi])
+        unsure = np.zeros(len(lo), dtype=bool)
+        for named in (
+            [e.papers for e in self.entries],
+            [e.releases for e in self.entries],
+            [e.versions for e in self.entries],
+            [e.years for e in self.entries],
+        ):
+            codes = _codes(named)
+            single = np.fromiter((len(n) == 1 for n in named), dtype=bool, count=len(named))
+            differ = (codes[lo] >= 0) & (codes[hi] >= 0) & (codes[lo] != codes[hi])
+            vetoed |= differ & single[lo] & single[hi]  # two different single names: nothing shared
+            unsure |= differ & ~(single[lo] & single[hi])
+        for k in np.flatnonzero(unsure & ~vetoed).tolist():
+            vetoed[k] = _vetoed(self.entries[lo[k]], self.entries[hi[k]], cfg)
+        return vetoed
+
+    def _shared_identity(self, k: int, strength: NDArray[np.float64]) -> bool:
+        if _shared(self.entries[self.lo[k]].ids, self.entries[self.hi[k]].ids):
+            strength[k] = 2.0
+            return True
+        return False
+
+    def _near_duplicates(
+        self, text: NDArray[np.intp], strength: NDArray[np.float64], cfg: DedupeConfig
+    ) -> NDArray[np.float64]:
+        if not len(text):
+            return strength
+        signed = _distinct(np.concatenate((self.lo[text], self.hi[text])))
+        sigs = np.stack([_signature(self.entries[i]) for i in signed.tolist()])
+        rows_lo, rows_hi = np.searchsorted(signed, self.lo[text]), np.searchsorted(signed, self.hi[text])
+        similarity = _agreement(sigs, rows_lo, rows_hi) / sigs.shape[1]
+        for k in np.flatnonzero(similarity >= cfg.threshold).tolist():
+            if _titles_agree(self.entries[self.lo[text[k]]], self.entries[self.hi[text[k]]]):
+                strength[text[k]] = similarity[k]
+        return strength
+
+
+def _distinct(values: NDArray[_Int]) -> NDArray[_Int]:
+    """The distinct values, sorted. (np.unique without return_inverse hashes instead, 15x slower here.)"""
+    ordered = np.sort(values)
+    keep = np.ones(len(ordered), dtype=bool)
+    keep[1:] = ordered[1:] != ordered[:-1]
+    return ordered[keep]
+
+
+def _signature(entry: _Entry) -> NDArray[np.uint32]:
+    assert entry.sig is not None, "only hashed items share an LSH bucket"
+    return entry.sig
+
+
+def _codes(values: Iterable[Hashable]) -> NDArray[np.int64]:
+    """One integer per value, equal for equal values; -1 for a value naming nothing (None, "", ())."""
+    seen: dict[Hashable, int] = {}
+    return np.array([seen.setdefault(v, len(seen)) if v else -1 for v in values], dtype=np.int64)
+
+
+def _agreement(sigs: NDArray[np.uint32], a: NDArray[np.intp], b: NDArray[np.intp]) -> NDArray[np.int64]:
+    """How many signature values rows a[i] and b[i] share, a slice of pairs at a time (bounded memory)."""
+    shared = np.empty(len(a), dtype=np.int64)
+    step = 1 << 14
+    for start in range(0, len(a), step):
+        part = slice(start, start + step)
+        shared[part] = np.count_nonzero(sigs[a[part]] == sigs[b[part]], axis=1)
+    return shared
 
 
 # ---------------------------------------------------------------- the functions other code calls

@@ -12,8 +12,6 @@ LockedError at once; a lock left by a crashed run is recovered (see `hold_run_lo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import logging
 import threading
 import time
@@ -22,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aggregator.config import Settings
 from aggregator.errors import AggregatorError, ModelError

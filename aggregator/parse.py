@@ -58,6 +58,7 @@ def parse_feed(
     _refuse_entity_declarations(body, url)
     if _looks_like_json(body):
         return _parse_json_feed(body, source=source, url=url, base=base)
+    body = _drop_impossible_character_references(body)
     head = _sniff_text(body[:4096])
     if _HTML_START.match(head) and _FEED_ROOT.search(_as_ascii_compatible(body)) is None:
         raise ParseError(f"{url}: not a feed: got an HTML page")
@@ -103,6 +104,27 @@ def _declares_outside_cdata(text: bytes) -> bool:
             return False
         position = end + len(closer)
     return False
+
+
+# A numeric reference to a character XML does not have (a surrogate, NUL or another control, past
+# U+10FFFF) makes feedparser raise (UnicodeEncodeError, OverflowError) and lxml give up, losing the
+# whole feed for one entry's typo. Such references are dropped, as lxml drops those characters raw.
+_CHARACTER_REFERENCE = re.compile(rb"&#(?:[xX]([0-9a-fA-F]+)|([0-9]+));")
+
+
+def _drop_impossible_character_references(body: bytes) -> bytes:
+    if b"&#" not in body:
+        return body
+    return _CHARACTER_REFERENCE.sub(_possible_reference, body)
+
+
+def _possible_reference(found: re.Match[bytes]) -> bytes:
+    hex_digits, digits = found.groups()
+    number = (hex_digits or digits).lstrip(b"0") or b"0"
+    code = int(number, 16 if hex_digits else 10) if len(number) <= 8 else -1  # never a giant int()
+    if code in (0x9, 0xA, 0xD) or 0x20 <= code <= 0xD7FF or 0xE000 <= code <= 0xFFFD or 0x10000 <= code <= 0x10FFFF:
+        return found.group()
+    return b""
 
 
 _BOMS: tuple[tuple[bytes, str], ...] = (
@@ -256,7 +278,7 @@ def _parse_with_fastfeedparser(body: bytes, *, source: str, base: str) -> Parsed
     if bases is None:
         return None
     try:
-        parsed = fastfeedparser.parse(body)
+        parsed = fastfeedparser.parse(_escape_bare_ampersands(body))
     except Exception:  # it raises ValueError, lxml and encoding errors alike; feedparser decides
         return None
     raw_entries = parsed.get("entries") or []
@@ -275,6 +297,29 @@ def _parse_with_fastfeedparser(body: bytes, *, source: str, base: str) -> Parsed
         parser="fastfeedparser",
         warning=None,
     )
+
+
+# A bare "&" (one that starts no entity or character reference: "R&D", "replay & measure", a query
+# string in a link) is not XML, and lxml's recovery drops it with the text after it. fastfeedparser
+# is given those escaped, outside CDATA sections and comments (where "&" is literal); feedparser
+# reads the original its own way.
+_BARE_AMPERSAND = re.compile(rb"&(?!#[0-9]+;|#[xX][0-9a-fA-F]+;|[A-Za-z_][\w.-]*;)")
+_LITERAL_START = re.compile(rb"<!\[CDATA\[|<!--")
+
+
+def _escape_bare_ampersands(body: bytes) -> bytes:
+    if _wide_encoding(body) is not None or _BARE_AMPERSAND.search(body) is None:
+        return body  # UTF-16/32 and EBCDIC markup is not ASCII bytes: left to feedparser's own reading
+    pieces: list[bytes] = []
+    position = 0
+    while (opener := _LITERAL_START.search(body, position)) is not None:
+        closer = b"]]>" if opener.group() == b"<![CDATA[" else b"-->"
+        end = body.find(closer, opener.end())
+        end = len(body) if end < 0 else end + len(closer)  # one pass: an unclosed section ends the scan
+        pieces += [_BARE_AMPERSAND.sub(b"&amp;", body[position : opener.start()]), body[opener.start() : end]]
+        position = end
+    pieces.append(_BARE_AMPERSAND.sub(b"&amp;", body[position:]))
+    return b"".join(pieces)
 
 
 def _xml_bases_fastfeedparser_can_use(body: bytes, base: str) -> str | None:
@@ -408,12 +453,16 @@ def _parse_with_feedparser(
     # With any headers at all, feedparser flags a missing Content-Type as bozo; application/xml
     # without a charset leaves the decision to the document, as when there are no headers.
     response_headers.setdefault("content-type", "application/xml")
-    parsed = feedparser.parse(
-        io.BytesIO(body),
-        response_headers=response_headers,
-        resolve_relative_uris=True,
-        sanitize_html=False,  # normalize sanitizes with nh3; this is feedparser's slowest part
-    )
+    try:
+        parsed = feedparser.parse(
+            io.BytesIO(body),
+            response_headers=response_headers,
+            resolve_relative_uris=True,
+            sanitize_html=False,  # normalize sanitizes with nh3; this is feedparser's slowest part
+        )
+    except Exception as error:  # its own bugs on hostile bytes, e.g. a garbled encoding name in <?xml ...?>
+        reason = f"{type(error).__name__}: {_first_line(error)}"[:200]
+        raise ParseError(f"{url}: not a feed: unreadable ({reason})") from None
     raw_entries = parsed.get("entries") or []
     if not raw_entries and not parsed.get("version"):
         raise _not_a_feed(url, body)

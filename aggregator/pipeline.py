@@ -150,7 +150,7 @@ def next_check_after(
 ) -> datetime:
     """When to poll again: the interval, doubled per consecutive error (capped), a little jitter so
     sources spread out, and never sooner than the server asked (Retry-After, Cache-Control max-age)."""
-    rng = rng or random.Random()  # noqa: S311 - jitter, not security
+    rng = rng or random.Random()
     cap = parse_interval(settings.model.backoff.max_interval).total_seconds()
     seconds = min(source.interval.total_seconds() * (2 ** min(errors, 20)), max(cap, source.interval.total_seconds()))
     seconds *= 1 + rng.uniform(0, 0.1)

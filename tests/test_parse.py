@@ -286,7 +286,10 @@ def test_both_parsers_give_the_same_entry_identity() -> None:
 
 
 def test_windows_1252_quotes_without_declaration_are_decoded() -> None:
-    body = "<rss version='2.0'><channel><title>q</title><item><title>don\u2019t \u201cpanic\u201d</title></item></channel></rss>"
+    body = (
+        "<rss version='2.0'><channel><title>q</title>"
+        "<item><title>don\u2019t \u201cpanic\u201d</title></item></channel></rss>"
+    )
     feed = parse_feed(body.encode("cp1252"), source="test", url=FEED_URL)
     assert feed.parser == "feedparser"
     assert feed.entries[0].title == "don\u2019t \u201cpanic\u201d"

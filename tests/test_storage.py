@@ -143,10 +143,12 @@ def test_examples_are_imported_once(storage: Storage) -> None:
 
 
 def test_run_lock_refuses_a_second_run_and_recovers_after_expiry(storage: Storage) -> None:
-    with storage.run_lock("host:1", NOW, ttl=timedelta(minutes=10)):
-        with pytest.raises(LockedError, match=r"another run is in progress \(host:1"):
-            with storage.run_lock("host:2", NOW):
-                pass
+    with (
+        storage.run_lock("host:1", NOW, ttl=timedelta(minutes=10)),
+        pytest.raises(LockedError, match=r"another run is in progress \(host:1"),
+        storage.run_lock("host:2", NOW),
+    ):
+        pass
     # released: a new run may start
     assert storage.acquire_lock("run", "host:3", NOW, timedelta(minutes=10))
     # a crashed holder never releases; once its lease expires another run takes over
@@ -182,7 +184,7 @@ def test_sqlite_file_uses_wal(tmp_path: object) -> None:
 def test_bad_database_urls_are_one_line_errors(tmp_path: object) -> None:
     with pytest.raises(StorageError, match="is not a valid SQLAlchemy URL"):
         open_storage("not a url")
-    with pytest.raises(StorageError, match="folder .* does not exist"):
+    with pytest.raises(StorageError, match=r"folder .* does not exist"):
         open_storage(f"sqlite:///{tmp_path}/missing/dir/db.sqlite")
     with pytest.raises(StorageError, match="cannot migrate"):
         open_storage("postgresql+psycopg://nobody@127.0.0.1:1/none")

@@ -243,7 +243,11 @@ class Registry:
         if expected is None or hashlib.sha256(data).hexdigest() != expected:
             raise ModelError(f"model file {display} does not match its recorded hash; refusing to load")
         mismatch = _check_library_versions(metadata.get("libraries", {}), display)
-        untrusted = [t for t in skops_io.get_untrusted_types(data=data) if t not in TRUSTED_TYPES]
+        try:
+            found_types = skops_io.get_untrusted_types(data=data)
+        except Exception as exc:  # not a zip, no schema, bad JSON: reading the types is reading the file
+            raise ModelError(f"cannot load model file {display}: {type(exc).__name__}: {exc}") from exc
+        untrusted = [t for t in found_types if t not in TRUSTED_TYPES]
         if untrusted:
             raise ModelError(f"model file {display} contains untrusted types {untrusted}; refusing to load")
         try:

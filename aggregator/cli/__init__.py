@@ -7,8 +7,8 @@ whose sources failed still exits 0 (they are in its report) unless --strict is g
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -123,5 +123,7 @@ def path_arg(value: str | None) -> Path | None:
 
 # Command modules register themselves on `main`.
 from aggregator.cli import export, ingest, learn, review  # noqa: E402
+from aggregator.cli import ops as ops  # noqa: E402
+from aggregator.cli import worker as worker  # noqa: E402
 
 __all__ = ["App", "export", "fail", "ingest", "learn", "main", "pass_app", "review"]

@@ -19,7 +19,9 @@ from aggregator.export.batches import ExportRequest, export
 @click.option("--since-last", is_flag=True, help="Only what is new since the previous export.")
 @click.option("--section", "sections", multiple=True, help="Only this section (repeatable).")
 @click.option("--top", type=click.IntRange(min=1), help="At most N items per section, best ranked first.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="File, or folder for a dated file (default stdout).")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="File, or folder for a dated file (default stdout)."
+)
 @pass_app
 def export_command(
     app: App,
@@ -63,4 +65,5 @@ def exports_command(app: App, limit: int) -> None:
     for row in rows:
         filters = ", ".join(f"{k}={v}" for k, v in row["filters"].items() if v not in (None, False, []))
         where = row["path"] or "stdout"
-        click.echo(f"#{row['id']}  {row['at']:%Y-%m-%d %H:%M}  {row['format']:8} {row['count']:5} items  {filters}  {where}")
+        when = f"{row['at']:%Y-%m-%d %H:%M}"
+        click.echo(f"#{row['id']}  {when}  {row['format']:8} {row['count']:5} items  {filters}  {where}")

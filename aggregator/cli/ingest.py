@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,8 +19,8 @@ from aggregator import opml, status
 from aggregator.cli import EXIT_SOURCES_FAILED, App, is_tty, main, pass_app, print_table
 from aggregator.pipeline import RunOptions, run_once, select_sources
 from aggregator.storage import ItemQuery
+from aggregator.storage.sql import process_owner
 from aggregator.types import FetchResult, RunReport
-
 
 
 @main.command()
@@ -30,9 +28,17 @@ from aggregator.types import FetchResult, RunReport
 @click.option("--strict", is_flag=True, help="Exit 2 when any source failed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option("--no-classify", is_flag=True, help="Store items without classifying them.")
+@click.option("--nightly", is_flag=True, help="The nightly pipeline once (poll due, classify, export, retrain).")
 @pass_app
-def run(app: App, due: bool, strict: bool, as_json: bool, no_classify: bool) -> None:
+def run(app: App, due: bool, strict: bool, as_json: bool, no_classify: bool, nightly: bool) -> None:
     """Poll every enabled source, store new items and print a per-source report."""
+    if nightly:
+        if no_classify:
+            raise click.UsageError("--nightly always classifies; drop --no-classify")
+        from aggregator.cli.ops import nightly_and_report  # ops imports this module, so not at the top
+
+        nightly_and_report(app, strict=strict, as_json=as_json)
+        return
     options = RunOptions(due_only=due, classify=not no_classify)
     _run_and_report(app, options, strict=strict, as_json=as_json)
 
@@ -52,7 +58,7 @@ def poll(app: App, names: tuple[str, ...], strict: bool, as_json: bool) -> None:
 def _run_and_report(app: App, options: RunOptions, *, strict: bool, as_json: bool) -> None:
     settings, storage = app.settings, app.storage
     now = app.now()
-    with storage.run_lock(_owner(), now), _progress(len(_planned(app, options, now))) as advance:
+    with storage.run_lock(process_owner(), now), _progress(len(_planned(app, options, now))) as advance:
         report = run_once(settings, storage, now, options, progress=advance)
     if as_json:
         click.echo(json.dumps(report_json(report)))
@@ -125,10 +131,6 @@ def report_json(report: RunReport) -> dict[str, Any]:
     }
 
 
-def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 # -- sources ---------------------------------------------------------------------------------------
 
 
@@ -148,13 +150,13 @@ def sources(ctx: click.Context, as_json: bool) -> None:
         for row in rows:
             click.echo(json.dumps(row))
         return
-    rows = [
+    cells = [
         [row["name"], row["kind"], str(row["items"]), _short_time(row["last_success"]), str(row["error_count"]),
          "yes" if row["paused"] else "", (row["last_error"] or "") if row["error_count"] else ""]
         for row in rows
     ]  # fmt: skip
-    print_table(("name", "kind", "items", "last success", "errors", "paused", "last error"), rows,
-                right=("items", "errors"), alert=[r[4] != "0" for r in rows])  # fmt: skip
+    print_table(("name", "kind", "items", "last success", "errors", "paused", "last error"), cells,
+                right=("items", "errors"), alert=[bool(row["error_count"]) for row in rows])  # fmt: skip
 
 
 @sources.command("import")

@@ -68,7 +68,11 @@ def export(
         path = _target(output, request.fmt, now)
         write_atomically(path, text, bom=request.fmt == "csv" and settings.model.export.bom)
     batch_id = storage.record_export(
-        at=now, fmt=request.fmt, filters=request.filters(), path=str(path) if path else None, item_ids=[r.id for r in rows]
+        at=now,
+        fmt=request.fmt,
+        filters=request.filters(),
+        path=str(path) if path else None,
+        item_ids=[r.id for r in rows],
     )
     return ExportOutcome(text, tuple(rows), path, batch_id)
 
@@ -132,8 +136,9 @@ def write_nightly(settings: Settings, storage: Storage, now: datetime) -> list[P
     """The nightly files: candidates-YYYY-MM-DD.md and .csv in the export folder."""
     folder = settings.export_dir
     written = []
-    for fmt in ("markdown", "csv"):
-        request = ExportRequest(fmt=fmt, status="candidates")  # type: ignore[arg-type]
+    formats: tuple[Format, ...] = ("markdown", "csv")
+    for fmt in formats:
+        request = ExportRequest(fmt=fmt, status="candidates")
         path = folder / f"candidates-{now:%Y-%m-%d}{SUFFIX[fmt]}"
         outcome = export(settings, storage, request, now, path)
         if outcome.path:
@@ -195,7 +200,10 @@ def _row(
 def rank(prediction: Prediction | None, published: datetime, now: datetime) -> float:
     """Worth including: the relevance model's probability when there is one, else the section
     confidence; either way scaled down gently with age (half weight after a week)."""
-    base = 0.5 if prediction is None else (prediction.relevance if prediction.relevance is not None else prediction.confidence)
+    if prediction is None:
+        base = 0.5
+    else:
+        base = prediction.relevance if prediction.relevance is not None else prediction.confidence
     age_days = max((now - published.astimezone(UTC)).total_seconds() / 86400, 0.0)
     return round(base / (1 + age_days / FRESHNESS_DAYS), 6)
 

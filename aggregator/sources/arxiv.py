@@ -69,6 +69,41 @@ class ArxivPacer:
             self._next_slot = max(self._next_slot, self._clock() + seconds)
 
 
+# Added to the spacing of a shared pacer (at most doubling a tiny test delay): a reserved start is
+# kept only to within the jitter of each process's event loop waking up (a few ms, more under load),
+# so two requests never come closer than delay_seconds because the earlier one left a little late.
+SHARED_PACING_MARGIN = 0.1
+
+
+class SharedArxivPacer(ArxivPacer):
+    """Keeps arXiv requests `delay_seconds` apart across every process sharing `reserve`.
+
+    `reserve(spacing)` books the next start (spacing after the previous booking, by one clock all
+    processes share, e.g. the database's) and returns the seconds to wait for it; `push(seconds)`
+    makes everyone wait that long (Retry-After). Both block briefly, so reserving runs in a thread.
+    """
+
+    def __init__(
+        self,
+        delay_seconds: float,
+        reserve: Callable[[float], float],
+        push: Callable[[float], None],
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
+        super().__init__(delay_seconds, sleep=sleep)
+        self._spacing = delay_seconds + min(SHARED_PACING_MARGIN, delay_seconds)
+        self._reserve = reserve
+        self._push = push
+
+    async def wait_turn(self) -> None:
+        wait = await asyncio.to_thread(self._reserve, self._spacing)
+        if wait > 0:
+            await self._sleep(wait)
+
+    def back_off(self, seconds: float) -> None:
+        self._push(seconds)
+
+
 async def fetch_arxiv(
     source: Source,
     fetcher: Fetcher,
