@@ -95,6 +95,9 @@ class Storage(QueueStore, LeaseStore, StorageBase):
 
     def upgrade(self) -> None:
         """Apply pending Alembic migrations, all or none."""
+        current, head = self._schema_version("migrate")
+        if current == head:  # the usual open: nothing to write, so no write lock to wait for
+            return
         with self._migration_transaction() as conn:
             config = AlembicConfig()
             config.set_main_option("script_location", str(MIGRATIONS))
@@ -123,7 +126,10 @@ class Storage(QueueStore, LeaseStore, StorageBase):
 
     def schema_version(self) -> tuple[str | None, str | None]:
         """(current revision in the database, newest revision shipped)."""
-        with self._read("read schema version") as conn:
+        return self._schema_version("read schema version")
+
+    def _schema_version(self, what: str) -> tuple[str | None, str | None]:
+        with self._read(what) as conn:
             current = MigrationContext.configure(conn).get_current_revision()
         config = AlembicConfig()
         config.set_main_option("script_location", str(MIGRATIONS))
