@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import click
 
@@ -19,8 +18,8 @@ from aggregator.export.batches import ExportRequest, export
 @click.option("--since-last", is_flag=True, help="Only what is new since the previous export.")
 @click.option("--section", "sections", multiple=True, help="Only this section (repeatable).")
 @click.option("--top", type=click.IntRange(min=1), help="At most N items per section, best ranked first.")
-@click.option(
-    "-o", "--output", type=click.Path(path_type=Path), help="File, or folder for a dated file (default stdout)."
+@click.option(  # kept as typed: a trailing "/" names a folder that may not exist yet
+    "-o", "--output", type=click.Path(), help="File, or folder for a dated file (default stdout)."
 )
 @pass_app
 def export_command(
@@ -31,7 +30,7 @@ def export_command(
     since_last: bool,
     sections: tuple[str, ...],
     top: int | None,
-    output: Path | None,
+    output: str | None,
 ) -> None:
     """Write the accepted items (or candidates) as a newsletter draft or a table."""
     if since and since_last:

@@ -58,7 +58,7 @@ class ExportOutcome:
 
 
 def export(
-    settings: Settings, storage: Storage, request: ExportRequest, now: datetime, output: Path | None = None
+    settings: Settings, storage: Storage, request: ExportRequest, now: datetime, output: Path | str | None = None
 ) -> ExportOutcome:
     """Select, render, write (when `output` names a file or folder) and record one export batch."""
     rows = select_rows(settings, storage, request, now)
@@ -146,10 +146,11 @@ def write_nightly(settings: Settings, storage: Storage, now: datetime) -> list[P
     return written
 
 
-def _target(output: Path, fmt: str, now: datetime) -> Path:
-    if output.is_dir() or str(output).endswith(os.sep):
-        return output / f"export-{now:%Y-%m-%dT%H%M%S}{SUFFIX[fmt]}"
-    return output
+def _target(output: Path | str, fmt: str, now: datetime) -> Path:
+    """A file as named, or a dated file inside a folder (an existing one, or a name ending in /)."""
+    if Path(output).is_dir() or str(output).endswith(("/", os.sep)):
+        return Path(output) / f"export-{now:%Y-%m-%dT%H%M%S}{SUFFIX[fmt]}"
+    return Path(output)
 
 
 def _stories(stored: Iterable[StoredItem]) -> list[list[StoredItem]]:
