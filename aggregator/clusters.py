@@ -21,6 +21,9 @@ from aggregator.types import StoredItem
 
 log = logging.getLogger("aggregator.dedupe")
 _HREF = re.compile(r'href="([^"]+)"')
+# A page linked from this many sources is a hub (a licence page, a feed proxy's relative links), not
+# a story: in the real feed corpus no linked page is shared by more than 2 sources.
+HUB_SOURCES = 16
 
 
 def dedupe_config(settings: Settings) -> DedupeConfig:
@@ -46,7 +49,9 @@ def cluster_new(storage: Storage, settings: Settings, new_ids: Sequence[int]) ->
     pool = {s.id: s for s in neighbours} | new
     current = {i: s.cluster_id for i, s in pool.items()}
     existing = {i: c for i, c in current.items() if c is not None}
-    candidates = [Candidate.from_stored(s, linked_urls(s)) for s in pool.values()]
+    links = {i: linked_urls(s) for i, s in pool.items()}
+    hubs = _hubs(pool, links)
+    candidates = [Candidate.from_stored(s, [u for u in links[i] if u not in hubs]) for i, s in pool.items()]
     assignment = cluster(candidates, config, existing=existing, never_merge=storage.cluster_splits())
     # An item alone in its story keeps cluster_id NULL: only clusters of two or more are written.
     sizes = Counter(assignment.values())
@@ -56,3 +61,11 @@ def cluster_new(storage: Storage, settings: Settings, new_ids: Sequence[int]) ->
         storage.set_clusters(changed)
         log.info("clustered", extra={"items": len(new), "changed": len(changed)})
     return len(changed)
+
+
+def _hubs(pool: dict[int, StoredItem], links: dict[int, tuple[str, ...]]) -> set[str]:
+    sources: dict[str, set[str]] = {}
+    for item_id, urls in links.items():
+        for url in urls:
+            sources.setdefault(url, set()).add(pool[item_id].item.source)
+    return {url for url, names in sources.items() if len(names) >= HUB_SOURCES}

@@ -285,7 +285,10 @@ def _similarity(a: _Entry, b: _Entry) -> float:
 def _titles_agree(a: _Entry, b: _Entry) -> bool:
     """A third of the shorter title's content words appear in the other title (or a title has none
     to compare). Texts that only share boilerplate ("Join our newsletter...") have unrelated titles."""
-    words_a, words_b = _content_words(a.title), _content_words(b.title)
+    return _words_agree(_content_words(a.title), _content_words(b.title))
+
+
+def _words_agree(words_a: set[str], words_b: set[str]) -> bool:
     if not words_a or not words_b:
         return True
     return 3 * len(words_a & words_b) >= min(len(words_a), len(words_b))
@@ -452,21 +455,19 @@ class _Bands:
     def add(self, ids: NDArray[np.int64], sigs: NDArray[np.uint32], limit: int) -> _PairArrays:
         """File the items (oldest first); return (new id, earlier id) for each pair sharing a bucket,
         each new item meeting at most `limit` of the latest earlier items of a bucket."""
-        found: list[_PairArrays] = []
         if not len(ids):
             return _no_pairs()
+        found = _PairSet(np.concatenate((self._ids[0], ids)))  # every indexed item is in every band
         keys = self.keys(sigs)
         for band in range(self.bands):
             old_keys, old_ids = self._keys[band], self._ids[band]
-            found.append(_pairs_with_old(keys[:, band], ids, old_keys, old_ids, limit))
-            found.append(_pairs_within(keys[:, band], ids, limit))
-            if len(found) > 16:  # near-identical items meet in every band: keep the pairs found once
-                found = [_unique_pairs(found)]
+            found.add(_pairs_with_old(keys[:, band], ids, old_keys, old_ids, limit))
+            found.add(_pairs_within(keys[:, band], ids, limit))
             merged_keys = np.concatenate((old_keys, keys[:, band]))
             order = np.argsort(merged_keys, kind="stable")  # ties stay in arrival order
             self._keys[band] = merged_keys[order]
             self._ids[band] = np.concatenate((old_ids, ids))[order]
-        return _unique_pairs(found)
+        return found.pairs()
 
     def remove(self, ids: Collection[int]) -> None:
         gone = np.fromiter(ids, dtype=np.int64, count=len(ids))
@@ -484,14 +485,30 @@ def _no_pairs() -> _PairArrays:
     return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
 
 
-def _unique_pairs(parts: Sequence[_PairArrays]) -> _PairArrays:
-    """The distinct pairs among `parts`."""
-    new, old = _joined(parts)
-    order = np.lexsort((old, new))
-    new, old = new[order], old[order]
-    distinct = np.ones(len(new), dtype=bool)
-    distinct[1:] = (new[1:] != new[:-1]) | (old[1:] != old[:-1])
-    return new[distinct], old[distinct]
+class _PairSet:
+    """Distinct pairs of ids drawn from `ids`, each kept as one int64 (the two ids' ranks), so that
+    dropping repeats is one sort. Near-identical items meet in every band: the repeats are dropped
+    as they pile up, which bounds the memory."""
+
+    _PILE = 1 << 20  # pairs gathered, beyond twice the distinct ones kept, before repeats are dropped
+
+    def __init__(self, ids: NDArray[np.int64]) -> None:
+        self._ids = np.sort(ids)
+        self._keys: list[NDArray[np.int64]] = []
+        self._piled = self._kept = 0
+
+    def add(self, pairs: _PairArrays) -> None:
+        first, second = (np.searchsorted(self._ids, side).astype(np.int64) for side in pairs)
+        self._keys.append(first * len(self._ids) + second)
+        self._piled += len(first)
+        if self._piled > self._PILE + 2 * self._kept:  # grows with what is kept: each sort pays for itself
+            self._keys = [_distinct(np.concatenate(self._keys))]
+            self._piled = self._kept = len(self._keys[0])
+
+    def pairs(self) -> _PairArrays:
+        keys = _distinct(np.concatenate(self._keys)) if self._keys else np.empty(0, dtype=np.int64)
+        first, second = np.divmod(keys, len(self._ids))
+        return self._ids[first], self._ids[second]
 
 
 def _joined(parts: Sequence[_PairArrays]) -> _PairArrays:
@@ -687,8 +704,10 @@ class Index:
         cluster of items clustered before; items already in this index keep theirs."""
         fresh = self._fresh(items)
         self._seed(fresh, existing or {})
-        for a, b in self._edges(fresh):
-            self._merge(self._cluster_of[a], self._cluster_of[b])
+        cluster_of = self._cluster_of
+        for a, b in zip(*self._edges(fresh), strict=True):  # lazily: a list of tuples costs seconds of GC
+            if cluster_of[a] is not cluster_of[b]:
+                self._merge(cluster_of[a], cluster_of[b])
         self._settle(fresh)
         return {c.id: self.cluster_of(c.id) for c in items}
 
@@ -762,9 +781,9 @@ class Index:
             else:
                 self._cluster_of[entry.id] = _Cluster(None, [entry])
 
-    def _edges(self, fresh: list[_Entry]) -> list[tuple[int, int]]:
+    def _edges(self, fresh: list[_Entry]) -> tuple[list[int], list[int]]:
         """Every same-story pair between a fresh item and an earlier (indexed or fresh) one, as
-        (lower id, higher id), strongest first (ties by ids). The vetoes most pairs fail (one source,
+        lower ids and higher ids, strongest first (ties by ids). The vetoes most pairs fail (one source,
         too far apart in time) run on whole arrays of pairs; only the pairs left are looked at one
         by one."""
         by_identity, crowded = self._identity_pairs(fresh)
@@ -784,7 +803,7 @@ class Index:
         lo, hi = pairs.ids[pairs.lo[found]], pairs.ids[pairs.hi[found]]
         order = np.lexsort((hi, lo, -strength[found]))
         self.last_add = AddStats(len(fresh), len(pairs.lo), pairs.compared, len(found))
-        return list(zip(lo[order].tolist(), hi[order].tolist(), strict=True))
+        return lo[order].tolist(), hi[order].tolist()
 
     def _identity_pairs(self, fresh: list[_Entry]) -> tuple[_PairArrays, set[str]]:
         """(new id, earlier id) for the items sharing an identity token, each new holder meeting the
@@ -958,10 +977,23 @@ class _Pairs:
         sigs = np.stack([_signature(self.entries[i]) for i in signed.tolist()])
         rows_lo, rows_hi = np.searchsorted(signed, self.lo[text]), np.searchsorted(signed, self.hi[text])
         similarity = _agreement(sigs, rows_lo, rows_hi) / sigs.shape[1]
-        for k in np.flatnonzero(similarity >= cfg.threshold).tolist():
-            if _titles_agree(self.entries[self.lo[text[k]]], self.entries[self.hi[text[k]]]):
-                strength[text[k]] = similarity[k]
+        similar = np.flatnonzero(similarity >= cfg.threshold)
+        if not len(similar):
+            return strength
+        titles = _codes(e.title for e in self.entries)
+        same_title = titles[self.lo[text[similar]]] == titles[self.hi[text[similar]]]  # so they agree
+        strength[text[similar[same_title]]] = similarity[similar[same_title]]
+        words: dict[int, set[str]] = {}  # each title read once, however many pairs it is in
+        for k in similar[~same_title].tolist():
+            pair = text[k]
+            if _words_agree(self._title_words(self.lo[pair], words), self._title_words(self.hi[pair], words)):
+                strength[pair] = similarity[k]
         return strength
+
+    def _title_words(self, position: int, known: dict[int, set[str]]) -> set[str]:
+        if position not in known:
+            known[position] = _content_words(self.entries[position].title)
+        return known[position]
 
 
 def _distinct(values: NDArray[_Int]) -> NDArray[_Int]:

@@ -1,11 +1,15 @@
 """Measure dedupe: pair precision/recall on the labeled pairs, and clustering speed at 100k items.
 
-    python scripts/bench_dedup.py                  # sweep, chosen setting, per-case errors, 100k timing
+    python scripts/bench_dedup.py                  # sweep, chosen setting, per-case errors, timings
     python scripts/bench_dedup.py --items 20000    # a smaller synthetic run
     python scripts/bench_dedup.py --no-synthetic   # pairs only
 
 The sweep tunes threshold and shingle size on the odd-numbered pairs and reports the even-numbered
-ones as held out. Synthetic items are generated with a fixed seed (no real text is read).
+ones as held out. Synthetic items are generated with a fixed seed (no real text is read). Timings:
+the 100k synthetic mix; the blog feeds scripts/bench_ingest.py serves (--feeds of them), parsed and
+normalized and with their links, as `aggregator run` clusters them; and a broken feed repeating one
+entry 2,000 times. Each prints the counts of Index.last_add: candidate pairs, pairs left after the
+vetoes run on arrays, and same-story edges (the work grows with these, never with items squared).
 """
 
 from __future__ import annotations
@@ -24,8 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_ingest import make_feed
 
+from aggregator.clusters import linked_urls
 from aggregator.dedupe import Candidate, DedupeConfig, Index, cluster
+from aggregator.normalize import normalize
+from aggregator.parse import parse_feed
+from aggregator.types import StoredItem
 
 PAIRS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "pairs.jsonl"
 THRESHOLDS = [round(0.15 + 0.05 * i, 2) for i in range(15)]
@@ -334,7 +343,7 @@ def synthetic_run(count: int, cfg: DedupeConfig, seed: int) -> None:
     index = Index(cfg)
     clusters = index.add(items)
     seconds = time.perf_counter() - started
-    print(f"  cluster {count:,} items: {seconds:.1f} s ({count / seconds:,.0f} items/s)")
+    print(f"  cluster {count:,} items: {seconds:.1f} s ({count / seconds:,.0f} items/s); {index.last_add}")
     print(f"  memory: RSS {before:.0f} MB before, peak {peak_mb():.0f} MB (+{peak_mb() - before:.0f} MB for the index)")
     found = sum(clusters[a] == clusters[b] for a, b in injected)
     false_pairs = unrelated_pairs_merged(clusters, injected)
@@ -354,12 +363,57 @@ def synthetic_run(count: int, cfg: DedupeConfig, seed: int) -> None:
     print(f"  forget items older than the window: {dropped:,} dropped in {time.perf_counter() - started:.1f} s")
 
 
+def feed_batch(feeds: int, *, with_links: bool) -> list[Candidate]:
+    """The posts of `feeds` generated blog feeds, as clusters.cluster_new hands them to dedupe."""
+    rng = random.Random(1)
+    now = datetime(2026, 9, 30, tzinfo=UTC)
+    stored: list[StoredItem] = []
+    for n in range(feeds):
+        url = f"http://127.0.0.1/feed{n}.xml"  # as bench_ingest serves them: every feed on one host
+        for entry in parse_feed(make_feed(rng, n).encode(), source=f"blog{n}", url=url).entries:
+            stored.append(StoredItem(len(stored) + 1, normalize(entry, kind="blog", now=now), now, now))
+    return [Candidate.from_stored(s, linked_urls(s) if with_links else ()) for s in stored]
+
+
+def timed_add(label: str, items: Sequence[Candidate]) -> None:
+    index = Index()
+    started, cpu = time.perf_counter(), time.process_time()
+    clusters = index.add(items)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    sizes = Counter(clusters.values())
+    print(f"  {label}: {len(items):,} items in {seconds:.2f} s ({cpu:.2f} s CPU), peak {peak_mb():.0f} MB")
+    print(f"    {len(sizes):,} clusters, largest {max(sizes.values())}; {index.last_add}")
+
+
+def feed_runs(feeds: int) -> None:
+    print(f"\nblog feeds of scripts/bench_ingest.py ({feeds} feeds, Zipf-weighted words, one relative link a post):")
+    timed_add("without their links", feed_batch(feeds, with_links=False))
+    timed_add("with their links (as aggregator run)", feed_batch(feeds, with_links=True))
+
+
+def repeating_feed_run(copies: int = 2000) -> None:
+    rng = random.Random(3)
+    synthetic = Synthetic(3)
+    words = synthetic.words(150).split()
+    start = datetime(2026, 9, 1, tzinfo=UTC)
+    items = []
+    for item_id in range(1, copies + 1):
+        text = list(words)
+        text[rng.randrange(len(text))] = f"changed{item_id}"
+        url = f"https://broken.example/{item_id}"
+        items.append(Candidate(item_id, url, "broken-feed", "Weekly update", " ".join(text), url, start))
+    print("\na broken feed repeating one entry:")
+    timed_add("one source", items)
+    timed_add("the same text from as many sources", [replace(c, source=f"mirror-{c.id}") for c in items])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--pairs", type=Path, default=PAIRS)
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--no-synthetic", action="store_true")
+    parser.add_argument("--feeds", type=int, default=200, help="bench_ingest blog feeds to cluster (0: none)")
     args = parser.parse_args(argv)
 
     pairs = load_pairs(args.pairs)
@@ -387,6 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     report_cases(pairs, default)
     if not args.no_synthetic:
         synthetic_run(args.items, default, args.seed)
+        if args.feeds:
+            feed_runs(args.feeds)
+        repeating_feed_run()
     return 0
 
 

@@ -76,3 +76,10 @@ def test_linked_urls_come_from_the_sanitized_html() -> None:
     from aggregator.types import StoredItem
 
     assert linked_urls(StoredItem(1, stored_post, NOW, NOW)) == ("https://arxiv.org/abs/2611.01234?a=1&b=2",)
+
+
+def test_a_page_linked_from_many_sources_is_a_hub_not_a_story(tmp_path: Path, memory_storage: Storage) -> None:
+    posts = [blog_post(n, "https://example.org/license") for n in range(1, 21)]
+    counts = memory_storage.store_items(posts, NOW)
+    cluster_new(memory_storage, settings(tmp_path), counts.new_ids)
+    assert {s.cluster_id for s in memory_storage.items()} == {None}

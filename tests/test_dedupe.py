@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from aggregator.dedupe import Candidate, DedupeConfig, Index, cluster, same_story, split_out
+from aggregator.dedupe import AddStats, Candidate, DedupeConfig, Index, cluster, same_story, split_out
 from aggregator.errors import ConfigError
 from aggregator.types import Item, StoredItem
 
@@ -292,6 +292,71 @@ def test_a_candidate_from_a_stored_item_is_dated_when_first_seen() -> None:
     item = Item(key="url:https://x.example/a", title="A", url="https://x.example/a", source="x", kind="blog")
     candidate = Candidate.from_stored(StoredItem(7, item, seen, seen), linked_ids=["2405.01137"])
     assert (candidate.id, candidate.published, candidate.linked_ids) == (7, seen, ("2405.01137",))
+
+
+# ---------------------------------------------------------------- how much comparing a batch costs
+
+VOCABULARY = [f"w{n}" for n in range(500)]
+ZIPF = [1 / (rank + 1) for rank in range(len(VOCABULARY))]
+
+
+def blog_post(rng: random.Random, item_id: int, source: str, **fields: Any) -> Candidate:
+    """A post of prose-like text: words drawn with Zipf weights from one small shared vocabulary."""
+    title = " ".join(rng.choices(VOCABULARY, ZIPF, k=8))
+    summary = " ".join(rng.choices(VOCABULARY, ZIPF, k=rng.randint(60, 150)))
+    return story(item_id, source, title, summary, days=item_id % 5, **fields)
+
+
+def test_posts_sharing_one_vocabulary_are_not_compared_pairwise() -> None:
+    rng = random.Random(11)
+    posts = [blog_post(rng, i, f"blog{i % 100}") for i in range(1, 1501)]
+    index = Index()
+    clusters = index.add(posts)
+    assert index.last_add.items == 1500
+    assert index.last_add.candidates <= len(posts)  # all pairs would be 1,124,250
+    assert len(set(clusters.values())) == len(posts)
+
+
+def test_posts_linking_one_page_each_meet_a_bounded_number_of_others() -> None:
+    rng = random.Random(12)
+    hub = ("https://hub.example/more",)  # e.g. a relative link resolved against a shared host
+    posts = [blog_post(rng, i, f"blog{i}", linked_ids=hub) for i in range(1, 1501)]
+    index = Index()
+    index.add(posts)
+    assert index.last_add.candidates <= len(posts) * index.cfg.max_bucket
+
+
+def test_a_feed_repeating_one_entry_thousands_of_times_stays_apart_cheaply() -> None:
+    rng = random.Random(13)
+    words = rng.choices(VOCABULARY, ZIPF, k=120)
+    copies = []
+    for i in range(1, 2001):
+        text = list(words)
+        text[rng.randrange(len(text))] = f"x{i}"
+        copies.append(story(i, "broken-feed", "Weekly update", " ".join(text)))
+    index = Index()
+    clusters = index.add(copies)
+    assert len(set(clusters.values())) == len(copies)  # one source never merges with itself
+    assert index.last_add.candidates <= len(copies) * 2 * index.cfg.max_bucket
+    assert index.last_add.compared == 0  # every pair is dropped by the vetoes run on arrays
+
+
+def test_every_two_items_of_a_large_cluster_are_the_same_story() -> None:
+    rng = random.Random(14)
+    page = ("https://lab.example/posts/helios",)
+    posts = [blog_post(rng, i, f"blog{i % 20}", linked_ids=page) for i in range(1, 61)]
+    posts = [replace(p, published=MONDAY + timedelta(days=p.id % 20)) for p in posts]
+    index = Index(DedupeConfig(window=timedelta(days=7)))
+    clusters = index.add(posts)
+    by_id = {p.id: p for p in posts}
+    groups = [index.members(c) for c in set(clusters.values())]
+    assert max(map(len, groups)) > 5
+    for group in groups:
+        assert all(same_story(by_id[a], by_id[b]) for a in group for b in group if a < b)
+
+
+def test_the_counts_start_empty() -> None:
+    assert Index().last_add == AddStats()
 
 
 # ---------------------------------------------------------------- the labeled pairs
