@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import datetime, timedelta
 
 from aggregator.config import Settings, parse_interval
 from aggregator.dedupe import Candidate, DedupeConfig, cluster
@@ -45,7 +46,8 @@ def cluster_new(storage: Storage, settings: Settings, new_ids: Sequence[int]) ->
     if not new:
         return 0
     times = [s.item.published or s.first_seen for s in new.values()]
-    neighbours = storage.items(ItemQuery(since=min(times) - config.window, until=max(times) + config.window))
+    neighbours = storage.items(ItemQuery(since=_shifted(min(times), -config.window),
+                                         until=_shifted(max(times), config.window)))  # fmt: skip
     pool = {s.id: s for s in neighbours} | new
     current = {i: s.cluster_id for i, s in pool.items()}
     existing = {i: c for i, c in current.items() if c is not None}
@@ -69,3 +71,11 @@ def _hubs(pool: dict[int, StoredItem], links: dict[int, tuple[str, ...]]) -> set
         for url in urls:
             sources.setdefault(url, set()).add(pool[item_id].item.source)
     return {url for url, names in sources.items() if len(names) >= HUB_SOURCES}
+
+
+def _shifted(moment: datetime, by: timedelta) -> datetime | None:
+    """moment + by, or no bound at all when a feed's date sits at the edge of the calendar."""
+    try:
+        return moment + by
+    except OverflowError:
+        return None

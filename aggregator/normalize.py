@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import html
 import re
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
@@ -70,6 +72,35 @@ def normalize(entry: RawEntry, *, kind: ItemKind, now: datetime) -> Item:
 
 
 # ---------------------------------------------------------------------------- identity
+
+
+def normalize_all(entries: Sequence[RawEntry], *, kind: ItemKind, now: datetime) -> list[Item]:
+    """normalize() for one feed's entries, so that no entry overwrites another. Keys drop URL
+    fragments (a link with `#comments` is the same story), but some feeds publish every entry as an
+    anchor of one page (`now.html#2026-02-16`): when different entries of one feed would share a
+    key, each keeps its fragment (or its guid, or its content hash) in the key instead."""
+    items = [normalize(entry, kind=kind, now=now) for entry in entries]
+    by_key: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        by_key.setdefault(item.key, []).append(index)
+    for indexes in by_key.values():
+        if len(indexes) > 1 and len({_entry_identity(entries[i]) for i in indexes}) > 1:
+            for i in indexes:
+                items[i] = replace(items[i], key=_distinct_key(entries[i], items[i]))
+    return items
+
+
+def _entry_identity(entry: RawEntry) -> str:
+    return (entry.guid or entry.link or "").strip()
+
+
+def _distinct_key(entry: RawEntry, item: Item) -> str:
+    identity = _entry_identity(entry)
+    if "#" in identity and identity.split("#", 1)[1].strip():
+        return f"{item.key}#{identity.split('#', 1)[1].strip()}"
+    if entry.guid and entry.guid.strip():
+        return f"guid:{entry.source}:{entry.guid.strip()}"
+    return f"{item.key}#{item.content_hash[:12]}"
 
 
 def item_key(

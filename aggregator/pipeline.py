@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection
 from aggregator.config import Settings, parse_interval
 from aggregator.errors import AggregatorError, FetchError
 from aggregator.fetch import Fetcher, FetchLimits, Response
-from aggregator.normalize import normalize
+from aggregator.normalize import normalize_all
 from aggregator.sources import arxiv as arxiv_source
 from aggregator.sources import github, rss
 from aggregator.storage import Storage, StoreCounts
@@ -317,7 +317,7 @@ class _Lane:
 
     def _normalize(self, source: Source, entries: Sequence[RawEntry]) -> list[Item]:
         kind = _KIND_OF_SOURCE[source.kind]
-        return [normalize(entry, kind=kind, now=self.now) for entry in entries]
+        return normalize_all(entries, kind=kind, now=self.now)
 
     async def _store(
         self,

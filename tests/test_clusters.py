@@ -83,3 +83,11 @@ def test_a_page_linked_from_many_sources_is_a_hub_not_a_story(tmp_path: Path, me
     counts = memory_storage.store_items(posts, NOW)
     cluster_new(memory_storage, settings(tmp_path), counts.new_ids)
     assert {s.cluster_id for s in memory_storage.items()} == {None}
+
+
+def test_dates_at_the_edge_of_the_calendar_do_not_break_clustering(tmp_path: Path, memory_storage: Storage) -> None:
+    from dataclasses import replace
+
+    old = replace(blog_post(1, "https://example.org/a"), published=datetime(1, 1, 1, tzinfo=UTC))
+    counts = memory_storage.store_items([old], NOW)
+    assert cluster_new(memory_storage, settings(tmp_path), counts.new_ids) == 0

@@ -274,3 +274,16 @@ def test_entries_without_id_link_or_date_still_become_items(feed_dir: Path) -> N
     assert len({item.key for item in items}) == 3
     assert items[1].title.startswith("No title at all, just a sentence")
     assert all(item.published == NOW for item in items)
+
+
+def test_entries_published_as_anchors_of_one_page_keep_apart() -> None:
+    from aggregator.normalize import normalize_all
+
+    now = datetime(2026, 11, 26, tzinfo=UTC)
+    anchors = [RawEntry(source="wiki", title=f"Day {n}", link=f"https://wiki.example/now.html#day-{n}",
+                        guid=f"https://wiki.example/now.html#day-{n}") for n in range(3)]  # fmt: skip
+    keys = [item.key for item in normalize_all(anchors, kind="blog", now=now)]
+    assert keys == [f"url:https://wiki.example/now.html#day-{n}" for n in range(3)]
+    # one entry repeated is still one item; a lone anchored link keeps the plain key
+    repeated = normalize_all([anchors[0], anchors[0]], kind="blog", now=now)
+    assert {item.key for item in repeated} == {"url:https://wiki.example/now.html"}
