@@ -89,7 +89,9 @@ def poll_sources(
     if settings.model.dedupe.enabled and new_ids:
         from aggregator.clusters import cluster_new
 
-        cluster_new(storage, settings, new_ids)
+        # Clustering reads neighbours, decides and writes: one process at a time (workers, runs).
+        with storage.serialized("dedupe"):
+            cluster_new(storage, settings, new_ids)
     if options.classify:
         # The model stack (scikit-learn, 1-3 s to import) loads only here, so commands and runs
         # that never classify start fast.

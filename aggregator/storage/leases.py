@@ -22,9 +22,12 @@ upsert, next_at = greatest(next_at, db_now) + spacing, returning how long the ca
 
 from __future__ import annotations
 
+import fcntl
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,8 +42,6 @@ from aggregator.storage import schema as t
 from aggregator.storage.base import StorageBase
 from aggregator.types import SourceState
 
-# Key of the PostgreSQL advisory lock that serializes claims (any constant bigint; "agg-claim").
-CLAIM_LOCK_KEY = 0x6167672D636C61
 _STATE_COLUMNS = ("name", "etag", "last_modified", "last_success", "last_error", "error_count", "next_check", "paused")
 
 
@@ -80,7 +81,7 @@ class LeaseStore(StorageBase):
         statement = self._claim_statement(owner, now, now + lease, limit, names, per_host)
         with self._tx(f"claim sources for {owner}") as conn:
             if self.dialect == "postgresql":
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key("claim"))))
             rows = conn.execute(statement).mappings().all()
         claimed = [_state(row) for row in rows]
         claimed.sort(key=lambda s: (s.next_check is not None, s.next_check or now, s.name))
@@ -123,6 +124,31 @@ class LeaseStore(StorageBase):
         with self._read("find the next due source") as conn:
             row = conn.execute(query).first()
         return row[0] if row is not None else None
+
+    @contextmanager
+    def serialized(self, name: str) -> Iterator[None]:
+        """Run a block in one process at a time among all that use this database (e.g. story
+        clustering, whose read-decide-write must not interleave across workers). PostgreSQL: a
+        session advisory lock; a SQLite file: a file lock beside it. Both die with their holder."""
+        if self.dialect == "postgresql":
+            with self._advisory_lock(name):
+                yield
+        elif self.shared and self.dialect == "sqlite":
+            with _file_lock(Path(f"{sa.engine.make_url(self.url).database}.{name}.lock")):
+                yield
+        else:
+            yield
+
+    @contextmanager
+    def _advisory_lock(self, name: str) -> Iterator[None]:
+        with self._read(f"take the {name} lock") as conn:
+            conn.execute(sa.select(sa.func.pg_advisory_lock(_lock_key(name))))
+            conn.commit()  # the lock belongs to the session: no transaction stays open meanwhile
+            try:
+                yield
+            finally:
+                conn.execute(sa.select(sa.func.pg_advisory_unlock(_lock_key(name))))
+                conn.commit()
 
     # -- shared pacing ---------------------------------------------------------------------------
 
@@ -192,6 +218,22 @@ class LeaseStore(StorageBase):
 
     def _greatest(self, *values: Any) -> Any:
         return sa.func.max(*values) if self.dialect == "sqlite" else sa.func.greatest(*values)
+
+
+def _lock_key(name: str) -> sa.ColumnElement[int]:
+    """A PostgreSQL advisory lock key of our own (a 64-bit hash of a prefixed name)."""
+    return sa.func.hashtextextended(f"aggregator:{name}", 0)
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    try:
+        handle = path.open("a")
+    except OSError as exc:
+        raise StorageError(f"lock file {path}: {exc.strerror or exc}") from exc
+    with handle:  # closing the file (or the process dying) releases the lock
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _due(src: Any, now: datetime) -> sa.ColumnElement[bool]:
