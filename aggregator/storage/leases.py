@@ -33,11 +33,11 @@ from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 from aggregator.errors import StorageError
+from aggregator.storage import rows as convert
 from aggregator.storage import schema as t
 from aggregator.storage.base import StorageBase
 from aggregator.types import SourceState
@@ -83,7 +83,7 @@ class LeaseStore(StorageBase):
             if self.dialect == "postgresql":
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key("claim"))))
             rows = conn.execute(statement).mappings().all()
-        claimed = [_state(row) for row in rows]
+        claimed = [convert.source_state(row) for row in rows]
         claimed.sort(key=lambda s: (s.next_check is not None, s.next_check or now, s.name))
         return claimed
 
@@ -255,19 +255,6 @@ def _live_leases_per_host(now: datetime) -> sa.Subquery:
         .where(held.c.lease_expires >= now)
         .group_by(held.c.host)
         .subquery("busy")
-    )
-
-
-def _state(row: RowMapping) -> SourceState:
-    return SourceState(
-        name=row["name"],
-        etag=row["etag"],
-        last_modified=row["last_modified"],
-        last_success=row["last_success"],
-        last_error=row["last_error"],
-        error_count=row["error_count"] or 0,
-        next_check=row["next_check"],
-        paused=bool(row["paused"]),
     )
 
 

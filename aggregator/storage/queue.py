@@ -34,6 +34,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
+from aggregator.storage import rows as convert
 from aggregator.storage import schema as t
 from aggregator.storage.base import CHUNK, StorageBase
 from aggregator.types import Decision, Prediction, StoredItem
@@ -119,8 +120,6 @@ class QueueStore(StorageBase):
 
     def story_details(self, stories: Sequence[QueuedStory]) -> dict[int, StoryDetails]:
         """Everything the cards of these stories show, keyed by lead item id (two queries)."""
-        from aggregator.storage.sql import _stored_item  # sql.py imports this module: import at call time
-
         if not stories:
             return {}
         leads = [s.item_id for s in stories]
@@ -130,12 +129,12 @@ class QueueStore(StorageBase):
             members = conn.execute(_MEMBERS, {"stories": clustered, "ids": leads}).mappings().all()
         others: dict[int, list[StoredItem]] = {}
         for row in members:
-            others.setdefault(int(row["cluster_id"]), []).append(_stored_item(row))
+            others.setdefault(int(row["cluster_id"]), []).append(convert.stored_item(row))
         story_of = {s.item_id: s.story_id for s in stories}
         found = {}
         for row in rows:
-            lead = _stored_item(row)
-            prediction = _prediction(row) if row["p_item_id"] is not None else None
+            lead = convert.stored_item(row)
+            prediction = convert.prediction(row, "p_") if row["p_item_id"] is not None else None
             state = _unprefixed(row, "s_") if row["s_item_id"] is not None else {}
             found[lead.id] = StoryDetails(lead, prediction, state, tuple(others.get(story_of[lead.id], ())))
         return found
@@ -170,7 +169,7 @@ class QueueStore(StorageBase):
         """An editor's latest events, newest first, as (item id, decision)."""
         with self._read("read decisions") as conn:
             rows = conn.execute(_RECENT_DECISIONS, {"editor": editor, "limit": limit}).mappings().all()
-        return [(int(row["item_id"]), _decision(row)) for row in rows]
+        return [(int(row["item_id"]), convert.decision(row)) for row in rows]
 
     def decision_logs(self, item_ids: Iterable[int]) -> dict[int, list[Decision]]:
         """Each item's decision log, oldest first."""
@@ -179,7 +178,7 @@ class QueueStore(StorageBase):
         with self._read("read decisions") as conn:
             for start in range(0, len(wanted), CHUNK):
                 for row in conn.execute(_DECISION_LOGS, {"ids": wanted[start : start + CHUNK]}).mappings():
-                    logs[int(row["item_id"])].append(_decision(row))
+                    logs[int(row["item_id"])].append(convert.decision(row))
         return logs
 
     # -- the walk ------------------------------------------------------------------------------
@@ -463,17 +462,6 @@ def _stories(rows: Sequence[Any]) -> list[QueuedStory]:
     return [QueuedStory(int(r[0]), int(r[1]), str(r[2]), r[3], float(r[4] or 0.0)) for r in rows]
 
 
-def _prediction(row: RowMapping) -> Prediction:
-    return Prediction(
-        item_key=row["key"],
-        section=row["p_section"],
-        confidence=row["p_confidence"],
-        item_type=row["p_item_type"],
-        model_version=row["p_model_version"],
-        top_terms=tuple(row["p_top_terms"] or ()),
-        relevance=row["p_relevance"],
-    )
-
 
 def _unprefixed(row: RowMapping, prefix: str) -> dict[str, Any]:
     return {str(key)[len(prefix) :]: value for key, value in row.items() if str(key).startswith(prefix)}
@@ -483,15 +471,3 @@ def _escape_like(word: str) -> str:
     return word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _decision(row: Any) -> Decision:
-    return Decision(
-        item_key=row["key"],
-        editor=row["editor"],
-        at=row["at"],
-        action=row["action"],
-        section=row["section"],
-        item_type=row["item_type"],
-        reason=row["reason"],
-        model_version=row["model_version"],
-        id=row["id"],
-    )

@@ -22,9 +22,10 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection
 
 from aggregator.errors import LockedError, ReviewError
+from aggregator.storage import rows as convert
 from aggregator.storage import schema as t
 from aggregator.storage.base import CHUNK, StorageBase
 from aggregator.storage.leases import LeaseStore, source_host
@@ -156,7 +157,7 @@ class Storage(QueueStore, LeaseStore, StorageBase):
         query = sa.select(t.sources, counts.c.n).outerjoin(counts, counts.c.source == t.sources.c.name)
         with self._read("read sources") as conn:
             rows = conn.execute(query.order_by(t.sources.c.name)).mappings().all()
-        return {row["name"]: _state(row) for row in rows}
+        return {row["name"]: convert.source_state(row) for row in rows}
 
     def source_rows(self) -> list[dict[str, Any]]:
         """Sources with their URL and health, for `aggregator sources`."""
@@ -293,12 +294,12 @@ class Storage(QueueStore, LeaseStore, StorageBase):
             stmt = stmt.limit(query.limit)
         with self._read("read items") as conn:
             for row in conn.execute(stmt.execution_options(yield_per=1000)).mappings():
-                yield _stored_item(row)
+                yield convert.stored_item(row)
 
     def item_by_id(self, item_id: int) -> StoredItem | None:
         with self._read("read item") as conn:
             row = conn.execute(sa.select(t.items).where(t.items.c.id == item_id)).mappings().first()
-        return _stored_item(row) if row else None
+        return convert.stored_item(row) if row else None
 
     def items_by_ids(self, ids: Iterable[int]) -> dict[int, StoredItem]:
         wanted = list(ids)
@@ -307,7 +308,7 @@ class Storage(QueueStore, LeaseStore, StorageBase):
             for start in range(0, len(wanted), CHUNK):
                 stmt = sa.select(t.items).where(t.items.c.id.in_(wanted[start : start + CHUNK]))
                 for row in conn.execute(stmt).mappings():
-                    found[row["id"]] = _stored_item(row)
+                    found[row["id"]] = convert.stored_item(row)
         return found
 
     def set_clusters(self, assignment: Mapping[int, int | None]) -> None:
@@ -333,7 +334,7 @@ class Storage(QueueStore, LeaseStore, StorageBase):
     def cluster_members(self, cluster_id: int) -> list[StoredItem]:
         query = sa.select(t.items).where(t.items.c.cluster_id == cluster_id).order_by(t.items.c.id)
         with self._read("read cluster") as conn:
-            return [_stored_item(row) for row in conn.execute(query).mappings()]
+            return [convert.stored_item(row) for row in conn.execute(query).mappings()]
 
     # -- predictions -------------------------------------------------------------------------
 
@@ -356,7 +357,7 @@ class Storage(QueueStore, LeaseStore, StorageBase):
             for start in range(0, len(wanted), CHUNK):
                 chunk = wanted[start : start + CHUNK]
                 for row in conn.execute(query.where(t.predictions.c.item_id.in_(chunk))).mappings():
-                    found[row["item_id"]] = _prediction(row)
+                    found[row["item_id"]] = convert.prediction(row)
         return found
 
     def unclassified_ids(self, model_version: str | None = None, *, rescore: bool = False) -> list[int]:
@@ -421,7 +422,7 @@ class Storage(QueueStore, LeaseStore, StorageBase):
         rows = conn.execute(
             sa.select(t.decisions).where(t.decisions.c.item_id == item_id).order_by(t.decisions.c.id)
         ).mappings()
-        state = derive_state([_decision(row, "") for row in rows])
+        state = derive_state([convert.decision(row, "") for row in rows])
         conn.execute(t.item_state.delete().where(t.item_state.c.item_id == item_id))
         conn.execute(t.item_state.insert().values(item_id=item_id, **state))
 
@@ -438,7 +439,7 @@ class Storage(QueueStore, LeaseStore, StorageBase):
             query = query.where(d.editor == editor)
         with self._read("read decisions") as conn:
             rows = conn.execute(query.order_by(d.id)).mappings().all()
-        return [(row["item_id"], _decision(row, row["key"])) for row in rows]
+        return [(row["item_id"], convert.decision(row)) for row in rows]
 
     def decision_count(self, since: datetime | None = None) -> int:
         query = sa.select(sa.func.count()).select_from(t.decisions)
@@ -647,28 +648,6 @@ def _item_row(item: Item, now: datetime) -> dict[str, Any]:
     }
 
 
-def _stored_item(row: RowMapping) -> StoredItem:
-    item = Item(
-        key=row["key"],
-        title=row["title"],
-        url=row["url"],
-        source=row["source"],
-        kind=row["kind"],
-        summary_text=row["summary_text"],
-        summary_html=row["summary_html"],
-        authors=tuple(row["authors"] or ()),
-        published=row["published"],
-        tags=tuple(row["tags"] or ()),
-        arxiv_id=row["arxiv_id"],
-        arxiv_version=row["arxiv_version"],
-        repo=row["repo"],
-        version=row["version"],
-        prerelease=bool(row["prerelease"]),
-        content_hash=row["content_hash"],
-    )
-    return StoredItem(row["id"], item, row["first_seen"], row["updated_at"], row["cluster_id"])
-
-
 def _item_filter(stmt: sa.Select[Any], query: ItemQuery) -> sa.Select[Any]:
     c = t.items.c
     if query.source:
@@ -684,20 +663,6 @@ def _item_filter(stmt: sa.Select[Any], query: ItemQuery) -> sa.Select[Any]:
             pattern = f"%{word}%"
             stmt = stmt.where(sa.or_(c.title.ilike(pattern), c.summary_text.ilike(pattern)))
     return stmt
-
-
-def _state(row: RowMapping) -> SourceState:
-    return SourceState(
-        name=row["name"],
-        etag=row["etag"],
-        last_modified=row["last_modified"],
-        last_success=row["last_success"],
-        last_error=row["last_error"],
-        error_count=row["error_count"] or 0,
-        next_check=row["next_check"],
-        paused=bool(row["paused"]),
-        items=row["n"] or 0,
-    )
 
 
 def _state_json(state: SourceState) -> dict[str, Any]:
@@ -725,32 +690,6 @@ def _prediction_row(item_id: int, p: Prediction, now: datetime) -> dict[str, Any
         "relevance": p.relevance,
         "predicted_at": now,
     }
-
-
-def _prediction(row: RowMapping) -> Prediction:
-    return Prediction(
-        item_key=row["key"],
-        section=row["section"],
-        confidence=row["confidence"],
-        item_type=row["item_type"],
-        model_version=row["model_version"],
-        top_terms=tuple(row["top_terms"] or ()),
-        relevance=row["relevance"],
-    )
-
-
-def _decision(row: RowMapping, key: str) -> Decision:
-    return Decision(
-        item_key=key,
-        editor=row["editor"],
-        at=row["at"],
-        action=row["action"],
-        section=row["section"],
-        item_type=row["item_type"],
-        reason=row["reason"],
-        model_version=row["model_version"],
-        id=row["id"],
-    )
 
 
 def _example_row(e: LabeledExample, now: datetime) -> dict[str, Any]:
