@@ -174,9 +174,13 @@ def _retrain_if_due(
     if new_decisions < settings.model.schedule.retrain_min_decisions:
         return new_decisions, None, ()
     try:
+        from aggregator.classify.stage import classify_pending
         from aggregator.training import retrain
 
-        return new_decisions, retrain(settings, storage, now), ()
+        outcome = retrain(settings, storage, now)
+        if outcome.promoted:  # the queue follows the new live model tonight, not after a manual rescore
+            classify_pending(storage, settings, now, rescore=True)
+        return new_decisions, outcome, ()
     except AggregatorError as exc:
         return new_decisions, None, (f"retrain: {exc}",)
 

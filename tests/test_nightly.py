@@ -137,6 +137,9 @@ def test_retrains_only_once_enough_new_decisions_exist(settings: Settings, stora
     assert reached.retrained.promoted  # no live model yet: the gate lets the first one through
     assert Registry(settings.models_dir).live_version() == reached.retrained.version
     assert any(line.startswith("retrained: v0001-") for line in reached.describe())
+    # the queue is re-scored by the new live model the same night
+    predictions = storage.predictions_for(s.id for s in storage.items())
+    assert predictions and {p.model_version for p in predictions.values()} == {reached.retrained.version}
 
     # the next night: those decisions are in the model already
     after = run_nightly(settings, storage, NOW + timedelta(days=3))
