@@ -5,8 +5,9 @@
     python scripts/bench_scale.py [--sizes 1000,10000] [--workers 1,2,4] [--modes ingest,full]
                                   [--pg-url URL] [--skip-reader] [--skip-sqlite]
 
-1. Generates N feeds (RSS 2.0, 20-100 entries, 5-200 KB each; entry titles and HTML drawn from
-   the real feeds in ../shared/data/feeds, read by path, never copied; a fixed seed) as files,
+1. Generates N feeds (RSS 2.0, 20-100 entries, a size target of 5-200 KB each, which real
+   entries shorter than their share leave at about 10-150 KB; entry titles and HTML drawn from the
+   real feeds in ../shared/data/feeds, read by path, never copied; a fixed seed) as files,
    served by aiohttp in a separate process on 250 loopback addresses (127.0.0.1-250: 250 hosts, so
    per-host limits behave as with real sites).
 2. For each mode, `aggregator run` (one process, a fresh SQLite file), then W = 1, 2, 4
