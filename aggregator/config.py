@@ -15,12 +15,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from aggregator.errors import ConfigError
 from aggregator.types import Source
@@ -47,6 +47,14 @@ def parse_interval(value: str | int | float) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def _valid_interval(value: str | int) -> str | int:
+    parse_interval(value)  # raises ValueError naming the value
+    return value
+
+
+Interval = Annotated[str | int, AfterValidator(_valid_interval)]  # "90s", "30m", "6h", "1d" or seconds
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -71,7 +79,7 @@ class ArxivSettings(_Strict):
     @model_validator(mode="after")
     def _polite_delay(self) -> ArxivSettings:
         # arXiv asks for one request every 3 s; only a loopback test server may be hit faster.
-        if self.delay_seconds < ARXIV_MIN_DELAY and not _is_loopback(self.api_url):
+        if self.delay_seconds < ARXIV_MIN_DELAY and not is_loopback_host(urlsplit(self.api_url).hostname or ""):
             raise ValueError(f"delay_seconds must be at least {ARXIV_MIN_DELAY:g} for {self.api_url}")
         return self
 
@@ -80,7 +88,7 @@ class ScheduleSettings(_Strict):
     nightly: str = "0 5 * * *"
     timezone: str = "UTC"
     jitter_seconds: int = Field(60, ge=0)
-    misfire_grace: str = "6h"
+    misfire_grace: Interval = "6h"
     retrain_min_decisions: int = Field(20, ge=1)
 
     @field_validator("nightly")
@@ -103,22 +111,10 @@ class ScheduleSettings(_Strict):
             raise ValueError(f"{value!r} is not a known time zone (e.g. UTC, Europe/Paris)") from None
         return value
 
-    @field_validator("misfire_grace")
-    @classmethod
-    def _grace_interval(cls, value: str) -> str:
-        parse_interval(value)
-        return value
-
 
 class BackoffSettings(_Strict):
-    max_interval: str = "7d"
+    max_interval: Interval = "7d"
     pause_after: int = Field(10, ge=1, description="consecutive errors before a source is paused")
-
-    @field_validator("max_interval")
-    @classmethod
-    def _interval(cls, value: str) -> str:
-        parse_interval(value)
-        return value
 
 
 class ClassifierSettings(_Strict):
@@ -133,13 +129,7 @@ class ExportSettings(_Strict):
 class DedupeSettings(_Strict):
     enabled: bool = True
     threshold: float | None = Field(None, gt=0, le=1)
-    window: str = "7d"
-
-    @field_validator("window")
-    @classmethod
-    def _interval(cls, value: str) -> str:
-        parse_interval(value)
-        return value
+    window: Interval = "7d"
 
 
 class Editor(_Strict):
@@ -159,15 +149,9 @@ class SourceSettings(_Strict):
     repo: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+$")
     query: str | None = None
     max_results: int = Field(200, ge=1, le=10_000)
-    interval: str | int = "6h"
+    interval: Interval = "6h"
     enabled: bool = True
     default_category: str | None = None
-
-    @field_validator("interval")
-    @classmethod
-    def _interval_parses(cls, value: str | int) -> str | int:
-        parse_interval(value)
-        return value
 
     @field_validator("url")
     @classmethod
@@ -406,8 +390,8 @@ def _source(s: SourceSettings, arxiv: ArxivSettings) -> Source:
     )
 
 
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
+def is_loopback_host(host: str) -> bool:
+    """localhost or a loopback address (127.0.0.0/8, ::1)."""
     if host == "localhost":
         return True
     try:

@@ -53,6 +53,7 @@ class RunOptions:
     classify: bool = True
     kind: str = "run"  # recorded with the run: run | poll | nightly | schedule | worker
     lease_owner: str | None = None  # a worker's name: each source's lease is released with its result
+    take_leased: bool = False  # `poll`: sources named on purpose are fetched even if a worker holds them
 
 
 def run_once(
@@ -110,7 +111,7 @@ def _leave_leased(
 ) -> tuple[list[Source], list[FetchResult]]:
     """A run leaves the sources a live worker leases to that worker (they are reported as skipped);
     `poll` names its sources on purpose and polls them anyway."""
-    if options.lease_owner is not None or options.kind == "poll" or not chosen:
+    if options.lease_owner is not None or options.take_leased or not chosen:
         return chosen, []
     leases = storage.leased_sources(now)
     skipped = [

@@ -37,7 +37,8 @@ def item_json(stored: StoredItem) -> dict[str, Any]:
 
 
 def collect(settings: Settings, storage: Storage, now: datetime) -> dict[str, Any]:
-    storage.sync_sources(settings.sources, now)
+    # Reads only (the review page asks for this after every decision): sources in feeds.yaml that no
+    # run has mirrored yet have no row, are not failing, and are due now.
     configured = {s.name for s in settings.sources}
     sources = [row for row in storage.source_rows() if row["name"] in configured]
     return {
@@ -46,7 +47,7 @@ def collect(settings: Settings, storage: Storage, now: datetime) -> dict[str, An
         "items": storage.item_count(),
         "runs": [_run_json(run) for run in storage.recent_runs(5)],
         "sources": {
-            "total": len(sources),
+            "total": len(configured),
             "failing": [s for s in sources if s["error_count"]],
             "paused": [s["name"] for s in sources if s["paused"]],
         },
@@ -155,10 +156,11 @@ def _next_jobs(settings: Settings, now: datetime, sources: list[dict[str, Any]])
     except ConfigError as exc:
         jobs = [{"job": "nightly", "at": f"not scheduled: {exc}"}]
     enabled = {s.name for s in settings.sources if s.enabled}
+    known = {row["name"] for row in sources}
     polls = sorted(
-        (max(datetime.fromisoformat(row["next_check"]) if row["next_check"] else now, now), row["name"])
-        for row in sources
-        if row["name"] in enabled and not row["paused"]
-    )
+        [(max(datetime.fromisoformat(row["next_check"]) if row["next_check"] else now, now), row["name"])
+         for row in sources if row["name"] in enabled and not row["paused"]]
+        + [(now, name) for name in enabled - known]
+    )  # fmt: skip
     jobs += [{"job": source_job_id(name), "at": at.isoformat()} for at, name in polls[:NEXT_POLLS_SHOWN]]
     return jobs

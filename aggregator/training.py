@@ -8,7 +8,6 @@ promoted only when it is not worse than the live model on that holdout (unless f
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -92,31 +91,7 @@ def _store_examples(
 
 def read_items_jsonl(path: Path) -> list[LabeledExample]:
     """Items to classify from JSONL (`title`, optional `summary`, `url`, `item_type`); no label needed."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelError(f"cannot read {path}: {exc}") from None
-    items = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ModelError(f"{path}:{number}: not JSON ({exc.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("title"), str):
-            raise ModelError(f"{path}:{number}: expected a JSON object with a 'title'")
-        items.append(
-            LabeledExample(
-                title=record["title"],
-                label=str(record.get("label") or ""),
-                summary=str(record.get("summary") or ""),
-                url=str(record.get("url") or ""),
-                item_type=record.get("item_type") or None,
-                origin=path.name,
-            )
-        )
-    return items
+    return read_labeled_jsonl(path, require_label=False)
 
 
 def training_examples(storage: Storage, settings: Settings) -> list[LabeledExample]:

@@ -4,7 +4,6 @@ when AGGREGATOR_TEST_PG_URL is set, PostgreSQL."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,25 +15,15 @@ from aggregator.config import load_settings
 from aggregator.errors import ReviewError
 from aggregator.review import UNCLASSIFIED, QueueQuery, Review
 from aggregator.storage import Storage, open_storage
-from aggregator.types import Decision, Item, Prediction
+from aggregator.types import Decision, Prediction
 from aggregator.web.auth import verify_password
+from tests.factories import blog_item
 
 NOW = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 CATEGORIES = ("Trends", "State of the Art", "Miscellaneous", "Releases")
 
 
-def make_item(n: int, **changes: object) -> Item:
-    base = Item(
-        key=f"url:https://example.org/{n}",
-        title=f"Post {n}",
-        url=f"https://example.org/{n}",
-        source="blog",
-        kind="blog",
-        summary_text=f"Summary of post {n}",
-        published=NOW - timedelta(hours=n),
-        content_hash=f"h{n}",
-    )
-    return replace(base, **changes)  # type: ignore[arg-type]
+make_item = blog_item
 
 
 def add(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,23 +9,13 @@ import sqlalchemy as sa
 
 from aggregator.errors import LockedError, ReviewError, StorageError
 from aggregator.storage import ItemQuery, Storage, derive_state, open_storage
-from aggregator.types import Decision, Item, LabeledExample, Prediction, Source
+from aggregator.types import Decision, LabeledExample, Prediction, Source
+from tests.factories import blog_item
 
 NOW = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 
 
-def item(n: int, **changes: object) -> Item:
-    base = Item(
-        key=f"url:https://example.org/{n}",
-        title=f"Post {n}",
-        url=f"https://example.org/{n}",
-        source="blog",
-        kind="blog",
-        summary_text=f"Summary {n}",
-        published=NOW - timedelta(hours=n),
-        content_hash=f"h{n}",
-    )
-    return replace(base, **changes)  # type: ignore[arg-type]
+item = blog_item
 
 
 def test_new_items_are_stored_once_and_repolls_update_not_duplicate(storage: Storage) -> None:

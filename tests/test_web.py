@@ -8,7 +8,7 @@ import stat
 import sys
 import types
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from aggregator.storage import Storage, open_storage
 from aggregator.types import Item, Prediction
 from aggregator.web.app import create_app, safe_url
 from aggregator.web.auth import Authenticator, SessionSigner, hash_password, load_secret, verify_password
+from tests.factories import blog_item
 
 NOW = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 TOKEN = "test-token-0123456789abcdef"
@@ -37,19 +38,7 @@ class Site:
     client: TestClient
 
     def add(self, n: int, section: str | None = "Trends", confidence: float = 0.5, **changes: Any) -> int:
-        item = replace(
-            Item(
-                key=f"url:https://example.org/{n}",
-                title=f"Post {n}",
-                url=f"https://example.org/{n}",
-                source="blog",
-                kind="blog",
-                summary_text=f"Summary of post {n}",
-                published=NOW - timedelta(hours=n),
-                content_hash=f"h{n}",
-            ),
-            **changes,
-        )
+        item = blog_item(n, NOW, **changes)
         item_id = self.storage.store_items([item], NOW).new_ids[0]
         prediction = Prediction(item.key, section, confidence, "Blog", "v1", ("alpha", "beta"))
         self.storage.save_predictions([(item_id, prediction)], NOW)

@@ -272,7 +272,8 @@ def test_a_run_leaves_sources_leased_by_a_live_worker(
     assert "leased by worker busy-worker" in (by_source["f0001"].error or "")
     assert loopback.hits("/f/1.xml") == 0 and loopback.hits("/f/0.xml") == 1
     # `poll` names a source on purpose: polled even while leased
-    run_once(settings, memory_storage, NOW + timedelta(seconds=6), RunOptions(names=("f0001",), kind="poll"))
+    poll = RunOptions(names=("f0001",), kind="poll", take_leased=True)
+    run_once(settings, memory_storage, NOW + timedelta(seconds=6), poll)
     assert loopback.hits("/f/1.xml") == 1
 
 

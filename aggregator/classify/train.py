@@ -192,9 +192,10 @@ def training_set_hash(examples: Sequence[LabeledExample]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def read_labeled_jsonl(path: Path) -> list[LabeledExample]:
+def read_labeled_jsonl(path: Path, *, require_label: bool = True) -> list[LabeledExample]:
     """Examples from a JSON-lines file: `title`, `label`, optional `summary`, `url`, `item_type`, `date`
-    (ISO, or "March 5, 2021"). A line that is not such an object is an error naming file and line."""
+    (ISO, or "March 5, 2021"). A line that is not such an object is an error naming file and line.
+    Without `require_label` (items to classify), a missing label is read as ""."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -202,7 +203,8 @@ def read_labeled_jsonl(path: Path) -> list[LabeledExample]:
     examples = []
     for number, line in enumerate(lines, start=1):
         if line.strip():
-            examples.append(_example_from_line(line, f"{path}:{number}", origin=path.name))
+            where = f"{path}:{number}"
+            examples.append(_example_from_line(line, where, origin=path.name, require_label=require_label))
     return examples
 
 
@@ -222,7 +224,7 @@ def parse_example_date(text: str | None) -> datetime | None:
     return datetime(int(match.group(3)), month, int(match.group(2)))
 
 
-def _example_from_line(line: str, where: str, *, origin: str) -> LabeledExample:
+def _example_from_line(line: str, where: str, *, origin: str, require_label: bool) -> LabeledExample:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -230,7 +232,11 @@ def _example_from_line(line: str, where: str, *, origin: str) -> LabeledExample:
     if not isinstance(record, dict):
         raise ModelError(f"{where}: expected a JSON object")
     title, label = record.get("title"), record.get("label")
-    if not isinstance(title, str) or not title.strip() or not isinstance(label, str) or not label.strip():
+    if not require_label and label is None:
+        label = ""
+    if not isinstance(title, str) or not title.strip():
+        raise ModelError(f"{where}: needs a non-empty 'title'" + (" and 'label'" if require_label else ""))
+    if not isinstance(label, str) or (require_label and not label.strip()):
         raise ModelError(f"{where}: needs a non-empty 'title' and 'label'")
     try:
         date = parse_example_date(record.get("date"))

@@ -52,7 +52,7 @@ def poll(app: App, names: tuple[str, ...], strict: bool, as_json: bool) -> None:
     """Poll the named sources now (even disabled or paused ones)."""
     for name in names:
         app.settings.source(name)  # unknown names fail before anything is fetched
-    _run_and_report(app, RunOptions(names=names, kind="poll"), strict=strict, as_json=as_json)
+    _run_and_report(app, RunOptions(names=names, kind="poll", take_leased=True), strict=strict, as_json=as_json)
 
 
 def _run_and_report(app: App, options: RunOptions, *, strict: bool, as_json: bool) -> None:
@@ -69,7 +69,7 @@ def _run_and_report(app: App, options: RunOptions, *, strict: bool, as_json: boo
 
 
 def _planned(app: App, options: RunOptions, now: datetime) -> list[Any]:
-    app.storage.sync_sources(app.settings.sources, now)
+    """The sources a run will poll, for the progress bar (run_once itself mirrors the config)."""
     return select_sources(app.settings, app.storage.source_states(), now, options)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import getpass
-import ipaddress
 import textwrap
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -11,6 +10,7 @@ from datetime import UTC, datetime
 import click
 
 from aggregator.cli import App, main, pass_app
+from aggregator.config import is_loopback_host
 from aggregator.errors import ReviewError
 from aggregator.review import Card, QueueQuery, Review
 
@@ -37,7 +37,7 @@ def serve(app: App, host: str, port: int) -> None:
     from aggregator.web.app import create_app
 
     web = create_app(app.settings, app.storage)
-    if not _is_loopback(host):
+    if not is_loopback_host(host):
         click.echo(
             f"note: listening on {host}: put the page behind HTTPS (a reverse proxy) so the session "
             "cookie and the editor token never cross the network in clear",
@@ -222,11 +222,3 @@ class _Walk:
 def _past(verb: str) -> str:
     return {"accept": "accepted", "reject": "rejected", "move": "moved", "note": "noted"}[verb]
 
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

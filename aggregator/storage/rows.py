@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy.engine import RowMapping
 
-from aggregator.types import Decision, Item, Prediction, SourceState, StoredItem
+from aggregator.types import Decision, Item, LabeledExample, Prediction, SourceState, StoredItem
 
 
 def stored_item(row: RowMapping) -> StoredItem:
@@ -70,4 +70,16 @@ def source_state(row: RowMapping) -> SourceState:
         next_check=row["next_check"],
         paused=bool(row["paused"]),
         items=row.get("n") or 0,
+    )
+
+
+def example(row: RowMapping) -> LabeledExample:
+    return LabeledExample(
+        title=row["title"],
+        label=row["label"],
+        summary=row["summary"],
+        url=row["url"],
+        item_type=row["item_type"],
+        date=row["date"],
+        origin=row["origin"],
     )

@@ -140,17 +140,21 @@ class Storage(QueueStore, LeaseStore, StorageBase):
 
     def sync_sources(self, configured: Sequence[Source], now: datetime) -> None:
         """Mirror the configured sources; fetch state of known sources is kept."""
+        if not configured:
+            return
+        mirrored = ("kind", "url", "enabled", "interval_seconds", "host")
+        rows = [
+            {"name": s.name, "kind": s.kind, "url": s.url, "enabled": s.enabled,
+             "interval_seconds": s.interval.total_seconds(), "host": source_host(s.url),
+             "created": now, "error_count": 0}
+            for s in configured
+        ]  # fmt: skip
+        stmt = self._insert(t.sources)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["name"], set_={column: getattr(stmt.excluded, column) for column in mirrored}
+        )
         with self._tx("sync sources") as conn:
-            for source in configured:
-                values = {
-                    "kind": source.kind,
-                    "url": source.url,
-                    "enabled": source.enabled,
-                    "interval_seconds": source.interval.total_seconds(),
-                    "host": source_host(source.url),
-                }
-                stmt = self._insert(t.sources).values(name=source.name, created=now, error_count=0, **values)
-                conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=values))
+            conn.execute(stmt, rows)  # one statement for every source: this runs at the start of every run
 
     def source_states(self) -> dict[str, SourceState]:
         counts = sa.select(t.items.c.source, sa.func.count().label("n")).group_by(t.items.c.source).subquery()
@@ -477,18 +481,7 @@ class Storage(QueueStore, LeaseStore, StorageBase):
     def examples(self) -> list[LabeledExample]:
         with self._read("read examples") as conn:
             rows = conn.execute(sa.select(t.examples).order_by(t.examples.c.id)).mappings().all()
-        return [
-            LabeledExample(
-                title=r["title"],
-                label=r["label"],
-                summary=r["summary"],
-                url=r["url"],
-                item_type=r["item_type"],
-                date=r["date"],
-                origin=r["origin"],
-            )
-            for r in rows
-        ]
+        return [convert.example(row) for row in rows]
 
     # -- runs, exports, locks ----------------------------------------------------------------
 
