@@ -26,6 +26,7 @@ from aggregator.errors import ConfigError
 from aggregator.types import Source
 
 DEFAULT_CONFIG = "feeds.yaml"
+_YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 DEFAULT_CATEGORIES = ("Trends", "State of the Art", "Miscellaneous", "Releases")
 DEFAULT_HEADINGS = {"State of the Art": "State Of The Art", "Releases": "Latest Releases"}
 ARXIV_MIN_DELAY = 3.0
@@ -258,8 +259,13 @@ def settings_from_text(text: str, file: Path, *, env: Mapping[str, str] | None =
 
 def _load_yaml(text: str, file: Path) -> tuple[Any, dict[tuple[str | int, ...], int]]:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        # One pass of libyaml when it is there: the node tree gives the lines, then the data.
+        loader = _YamlLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -34,6 +35,28 @@ def test_new_items_are_stored_once_and_repolls_update_not_duplicate(storage: Sto
 def test_large_batches_are_chunked(storage: Storage) -> None:
     counts = storage.store_items([item(n) for n in range(1, 1300)], NOW)
     assert counts.new == 1299 and storage.item_count() == 1299
+
+
+def test_new_and_updated_rows_are_written_alike(storage: Storage) -> None:
+    # New rows go through the driver's own statement, updates through SQLAlchemy: dates, lists and
+    # flags must land in the same form, or filters and sorting would treat them differently.
+    query = sa.text("SELECT published, authors, prerelease, updated_at FROM items")
+
+    def raw_row() -> tuple[str, ...]:
+        with storage.engine.connect() as conn:
+            return tuple(map(str, conn.execute(query).one()))
+
+    storage.store_items([item(2, authors=("Ada",))], NOW)
+    inserted = raw_row()
+    storage.store_items([item(2, authors=("Ada",), content_hash="changed")], NOW)
+    assert raw_row() == inserted
+
+
+def test_a_failing_insert_is_a_storage_error_and_stores_nothing(storage: Storage) -> None:
+    broken = replace(item(2), title=None)  # type: ignore[arg-type]
+    with pytest.raises(StorageError, match="cannot store items"):
+        storage.store_items([item(1), broken], NOW)
+    assert storage.item_count() == 0
 
 
 def test_items_query_filters_and_orders_newest_first(storage: Storage) -> None:
