@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -200,3 +202,24 @@ def test_bad_database_urls_are_one_line_errors(tmp_path: object) -> None:
         open_storage(f"sqlite:///{tmp_path}/missing/dir/db.sqlite")
     with pytest.raises(StorageError, match="cannot migrate"):
         open_storage("postgresql+psycopg://nobody@127.0.0.1:1/none")
+
+
+@pytest.mark.postgres
+def test_workers_opening_an_empty_postgres_database_together_all_start(pg_url: str) -> None:
+    # Workers started at once on a new database: one migrates, the others wait for it.
+    name = f"aggregator_migrate_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            opened = list(pool.map(lambda _: open_storage(url), range(4)))
+        versions = {s.schema_version() for s in opened}
+        for s in opened:
+            s.close()
+        assert len(versions) == 1 and next(iter(versions))[0] is not None
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

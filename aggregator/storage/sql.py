@@ -47,6 +47,7 @@ _ITEM_FIELDS = (
     "arxiv_id", "arxiv_version", "repo", "version", "prerelease", "content_hash",
 )  # fmt: skip
 _NEW_ITEM_COLUMNS = ("key", *_ITEM_FIELDS, "first_seen", "updated_at")
+_MIGRATION_LOCK = 0x6167_6772  # "aggr": the advisory lock key migrations take on PostgreSQL
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,9 @@ class Storage(QueueStore, LeaseStore, StorageBase):
         makes two processes opening a new database migrate one after the other)."""
         if self.dialect != "sqlite":
             with self._tx("migrate") as conn:
+                # Workers started together on an empty database: one migrates, the others wait
+                # here and then find the schema current (DDL is transactional on PostgreSQL).
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
                 yield conn
             return
         with self._read("migrate") as plain:  # _read: a connection whose errors become StorageError
