@@ -165,7 +165,8 @@ class Worker:
             return None
         states = {state.name: state for state in claimed}
         chosen = [self._sources[state.name] for state in claimed]
-        options = RunOptions(kind="worker", lease_owner=owner, classify=self.options.classify)
+        # A worker is one process of many: it parses in threads, the machine's cores go to more workers.
+        options = RunOptions(kind="worker", lease_owner=owner, classify=self.options.classify, parse_processes=0)
         try:
             return poll_sources(self.settings, self.storage, chosen, states, now, options, self.progress)
         finally:
