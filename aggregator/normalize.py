@@ -7,6 +7,7 @@ title + summary. Re-polling the same story, with either parser, gives the same k
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import re
@@ -36,7 +37,7 @@ def normalize(entry: RawEntry, *, kind: ItemKind, now: datetime) -> Item:
     base = entry.base_url
     link = _canonical_or_none(entry.link, base)
     arxiv = _arxiv_of(entry, link)
-    source_html = entry.content_html if entry.content_html.strip() else entry.summary_html
+    source_html = entry.content_html if _has_text(entry.content_html) else entry.summary_html
     summary_html = _capped_sanitized_html(source_html, base)
     summary_text = _capped_text(text_of_clean_html(summary_html), SUMMARY_TEXT_CAP)
     url = f"https://arxiv.org/abs/{arxiv[0]}" if arxiv else (link or _canonical_or_none(entry.guid, None) or "")
@@ -59,7 +60,7 @@ def normalize(entry: RawEntry, *, kind: ItemKind, now: datetime) -> Item:
         kind="paper" if arxiv else kind,
         summary_text=summary_text,
         summary_html=summary_html,
-        authors=tuple(dict.fromkeys(name for name in map(_collapse, entry.authors) if name)),
+        authors=_author_names(entry.authors),
         published=_published(entry, now),
         tags=entry.tags,
         arxiv_id=arxiv[0] if arxiv else None,
@@ -69,6 +70,12 @@ def normalize(entry: RawEntry, *, kind: ItemKind, now: datetime) -> Item:
         prerelease=bool(entry.tag) and is_prerelease(entry.tag or "", title),
         content_hash=content_hash(title, summary_text),
     )
+
+
+def _author_names(authors: tuple[str, ...]) -> tuple[str, ...]:
+    if not authors:  # most entries: skip building a generator and a dict
+        return ()
+    return tuple(dict.fromkeys(name for name in map(_collapse, authors) if name))
 
 
 # ---------------------------------------------------------------------------- identity
@@ -219,7 +226,10 @@ def arxiv_base_id(text: str) -> tuple[str, int | None] | None:
     """(base id, version) from an arXiv id ("2401.01234v2", "arXiv:hep-th/9901001") or any arXiv
     URL (abs, pdf, html, export.arxiv.org); None when it is neither."""
     text = text.strip()
-    if text.lower().startswith(("http://", "https://", "//")):
+    lowered = text.lower()
+    if lowered.startswith(("http://", "https://", "//")):
+        if "arxiv" not in lowered:  # every arXiv host has it; most links are not arXiv, skip urlsplit
+            return None
         parts = urlsplit(text if not text.startswith("//") else "https:" + text)
         if (parts.hostname or "") not in _ARXIV_HOSTS:
             return None
@@ -284,7 +294,8 @@ def html_to_text(html_text: str) -> str:
     return _collapse("".join(root.itertext()))
 
 
-_TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9]*)[^>]*>")
+# Split on tags, capturing only the name: text and tag names alternate in the result.
+_TAG_NAME = re.compile(r"</?([a-zA-Z][a-zA-Z0-9]*)[^>]*>")
 _TEXT_BREAKS = frozenset(_BLOCK_ELEMENTS) - {"img"}
 
 
@@ -294,8 +305,10 @@ def text_of_clean_html(cleaned: str) -> str:
     entry of every poll). Block elements still separate words."""
     if "<" not in cleaned and "&" not in cleaned:
         return _collapse(cleaned)
-    spaced = _TAG.sub(lambda m: " " if m.group(2).lower() in _TEXT_BREAKS else "", cleaned)
-    return _collapse(html.unescape(spaced))
+    pieces = _TAG_NAME.split(cleaned)
+    # Each tag becomes a space or nothing; a list comprehension, not a callback per tag (1.5x faster).
+    pieces[1::2] = [" " if name.lower() in _TEXT_BREAKS else "" for name in pieces[1::2]]
+    return _collapse(html.unescape("".join(pieces)))
 
 
 def clean_title(title: str) -> str:
@@ -306,11 +319,40 @@ def clean_title(title: str) -> str:
 
 
 _CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f]")  # never text; PostgreSQL refuses NUL outright
+_CONTROL_BYTES = bytes(range(0x20)) + b"\x7f"
+_CONTROL_TO_SPACE = bytes.maketrans(_CONTROL_BYTES, b" " * len(_CONTROL_BYTES))
+_SPACE_RUN = re.compile(rb"  +")
 
 
 def _collapse(text: str) -> str:
     """Runs of whitespace and control characters become one space."""
-    return " ".join(_CONTROL_CHARACTERS.sub(" ", text).split())
+    if text.isascii():  # a flag kept on the string, not a scan
+        return _collapse_ascii(text)
+    # Whitespace first: split() already drops the control characters that are whitespace (tab,
+    # line breaks); the others are rare, so the regex runs only when a byte test finds one.
+    collapsed = " ".join(text.split())
+    if _has_control_character(collapsed):
+        return " ".join(_CONTROL_CHARACTERS.sub(" ", collapsed).split())
+    return collapsed
+
+
+def _collapse_ascii(text: str) -> str:
+    """_collapse for ASCII text in bytes, 2x faster than split() and join() (no object per word).
+    Every ASCII whitespace character is in 0x00-0x20, so once each control character is a space,
+    runs of spaces are the only whitespace left."""
+    spaced = text.encode("ascii").translate(_CONTROL_TO_SPACE)
+    return _SPACE_RUN.sub(b" ", spaced).strip(b" ").decode("ascii")
+
+
+def _has_control_character(text: str) -> bool:
+    """UTF-8 encodes U+0000-U+007F as those bytes and never uses them inside a longer sequence."""
+    encoded = text.encode("utf-8", "surrogatepass")
+    return len(encoded.translate(None, _CONTROL_BYTES)) != len(encoded)
+
+
+def _has_text(text: str) -> bool:
+    """`text.strip() != ""` without copying the text (isspace() and strip() use one definition)."""
+    return bool(text) and not text.isspace()
 
 
 def _first_words(text: str) -> str:
@@ -344,19 +386,31 @@ def sanitize_html(html_text: str, base: str | None) -> str:
     """HTML safe to show: a small allow-list of tags, only http(s) and mailto links (javascript:,
     data:, file: and their entity-obfuscated spellings are dropped), relative links resolved
     against `base` (dropped when there is no http(s) base to resolve them against)."""
-    if not html_text.strip():
+    if not _has_text(html_text):
         return ""
+    http_base = base if base and base.lower().startswith(("http://", "https://")) else None
+    try:
+        cleaner = _sanitizer(http_base)
+    except ValueError:  # a base that is no URL (xml:base="http://[bad"): relative links are dropped
+        cleaner = _sanitizer(None)
+    return cleaner.clean(html_text).strip()
+
+
+@functools.lru_cache(maxsize=256)
+def _sanitizer(http_base: str | None) -> nh3.Cleaner:
+    """One nh3 Cleaner per base: nh3.clean() with options builds a new one per call, which cost
+    twice the cleaning itself. A feed's entries share a base, so a small cache holds a run's feeds
+    (a Cleaner is safe to share between the parse threads)."""
     relative: Literal["deny"] | tuple[Literal["rewrite_with_base"], str] = "deny"
-    if base and base.lower().startswith(("http://", "https://")):
-        relative = ("rewrite_with_base", base)
-    return nh3.clean(
-        html_text,
+    if http_base is not None:
+        relative = ("rewrite_with_base", http_base)
+    return nh3.Cleaner(
         tags=_ALLOWED_TAGS,
         attributes=_ALLOWED_ATTRIBUTES,
         url_schemes=_ALLOWED_SCHEMES,
         url_relative=relative,
         link_rel="noopener noreferrer nofollow",
-    ).strip()
+    )
 
 
 def _capped_sanitized_html(html_text: str, base: str | None) -> str:

@@ -53,7 +53,7 @@ def parse_feed(
     """Read one fetched document as a feed. Raises ParseError naming `url` when it is not one."""
     lowered_headers = {key.lower(): value for key, value in (headers or {}).items()}
     base = _document_base(url, lowered_headers)
-    if not body.strip():
+    if not body or body.isspace():  # body.strip() would copy a whole feed that ends in a newline
         raise ParseError(f"{url}: not a feed: empty document")
     _refuse_entity_declarations(body, url)
     if _looks_like_json(body):
@@ -109,22 +109,27 @@ def _declares_outside_cdata(text: bytes) -> bool:
 # A numeric reference to a character XML does not have (a surrogate, NUL or another control, past
 # U+10FFFF) makes feedparser raise (UnicodeEncodeError, OverflowError) and lxml give up, losing the
 # whole feed for one entry's typo. Such references are dropped, as lxml drops those characters raw.
-_CHARACTER_REFERENCE = re.compile(rb"&#(?:[xX]([0-9a-fA-F]+)|([0-9]+));")
+_CHARACTER_REFERENCE = re.compile(rb"&#(?:[xX][0-9a-fA-F]+|[0-9]+);")
 
 
 def _drop_impossible_character_references(body: bytes) -> bytes:
-    if b"&#" not in body:
+    if b"&" not in body:  # one byte: a memchr scan, 30x faster than any longer needle
         return body
-    return _CHARACTER_REFERENCE.sub(_possible_reference, body)
+    # A feed may hold thousands of references, a few distinct ones, all possible: each distinct one
+    # is checked once, and the body is rewritten only when one is impossible. No `b"&#" in body`
+    # test first: for this needle the regex scan is 3x faster than `in`.
+    impossible = {found for found in set(_CHARACTER_REFERENCE.findall(body)) if not _is_possible_reference(found)}
+    if not impossible:
+        return body
+    return _CHARACTER_REFERENCE.sub(lambda found: b"" if found.group() in impossible else found.group(), body)
 
 
-def _possible_reference(found: re.Match[bytes]) -> bytes:
-    hex_digits, digits = found.groups()
-    number = (hex_digits or digits).lstrip(b"0") or b"0"
-    code = int(number, 16 if hex_digits else 10) if len(number) <= 8 else -1  # never a giant int()
-    if code in (0x9, 0xA, 0xD) or 0x20 <= code <= 0xD7FF or 0xE000 <= code <= 0xFFFD or 0x10000 <= code <= 0x10FFFF:
-        return found.group()
-    return b""
+def _is_possible_reference(reference: bytes) -> bool:
+    """`reference` is "&#...;" as _CHARACTER_REFERENCE matched it."""
+    is_hex = reference[2:3] in (b"x", b"X")
+    number = reference[3 if is_hex else 2 : -1].lstrip(b"0") or b"0"
+    code = int(number, 16 if is_hex else 10) if len(number) <= 8 else -1  # never a giant int()
+    return code in (0x9, 0xA, 0xD) or 0x20 <= code <= 0xD7FF or 0xE000 <= code <= 0xFFFD or 0x10000 <= code <= 0x10FFFF
 
 
 _BOMS: tuple[tuple[bytes, str], ...] = (
@@ -231,8 +236,10 @@ def utc_datetime(value: Any) -> datetime | None:
     unparseable gives None."""
     if value is None or value == "":
         return None
-    if isinstance(value, datetime):
-        parsed: datetime | None = value
+    if isinstance(value, str):  # the common case first: hasattr() on a str raises inside
+        parsed: datetime | None = _datetime_from_text(value.strip())
+    elif isinstance(value, datetime):
+        parsed = value
     elif isinstance(value, tuple) or hasattr(value, "tm_year"):
         parsed = _datetime_from_struct(value)
     else:
@@ -240,7 +247,10 @@ def utc_datetime(value: Any) -> datetime | None:
     if parsed is None:
         return None
     # Whole seconds: feedparser's time tuples have no fraction, and the two parsers must agree.
-    parsed = parsed.replace(microsecond=0)
+    if parsed.microsecond:
+        parsed = parsed.replace(microsecond=0)
+    if parsed.tzinfo is UTC:  # most feeds: no copy to make
+        return parsed
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
@@ -284,7 +294,7 @@ def _parse_with_fastfeedparser(body: bytes, *, source: str, base: str) -> Parsed
     raw_entries = parsed.get("entries") or []
     if not raw_entries or _lost_text(raw_entries, body):
         return None
-    guids_are_links = _PERMALINK_FALSE.search(body) is None if b"isPermaLink" in body else True
+    guids_are_links = not _has_permalink_false(body) if b"isPermaLink" in body else True
     entries = tuple(
         _entry_from_fastfeedparser(entry, source=source, base=bases, guids_are_links=guids_are_links)
         for entry in raw_entries
@@ -308,6 +318,8 @@ _LITERAL_START = re.compile(rb"<!\[CDATA\[|<!--")
 
 
 def _escape_bare_ampersands(body: bytes) -> bytes:
+    if b"&" not in body:  # a memchr scan, before the regex's slower one
+        return body
     if _wide_encoding(body) is not None or _BARE_AMPERSAND.search(body) is None:
         return body  # UTF-16/32 and EBCDIC markup is not ASCII bytes: left to feedparser's own reading
     pieces: list[bytes] = []
@@ -355,9 +367,11 @@ def _lost_text(entries: Sequence[Mapping[str, Any]], body: bytes) -> bool:
     UTF-8 document is decoded right."""
     if not _is_utf8(body) and _has_misdecoded_text(entries):
         return True
-    if b"base64" in body and _BASE64_MODE.search(body):
+    # Each whole-body scan costs about 0.5 ns a byte: the cheapest test goes first, and the
+    # regex alone is faster than an `in` test before it.
+    if _BASE64_MODE.search(body):
         return True
-    if b"media:description" in body and not any(_has_text(entry) for entry in entries):
+    if not any(_has_text(entry) for entry in entries) and b"media:description" in body:
         return True  # YouTube-style feeds keep their only text there; fastfeedparser skips it
     if all(entry.get("title") for entry in entries):
         return False
@@ -382,6 +396,8 @@ def _has_text(entry: Mapping[str, Any]) -> bool:
 
 def _is_utf8(body: bytes) -> bool:
     """A valid UTF-8 document that yields U+FFFD (or a C1 control) really contains one."""
+    if body.isascii():  # 50x faster than decoding, and ASCII is UTF-8
+        return True
     try:
         body.decode("utf-8")
     except UnicodeDecodeError:
@@ -389,7 +405,15 @@ def _is_utf8(body: bytes) -> bool:
     return True
 
 
-_PERMALINK_FALSE = re.compile(rb"isPermaLink\s*=\s*[\"']false", re.IGNORECASE)
+_PERMALINK_FALSE = re.compile(rb"isPermaLink\s*=\s*[\"']false")
+_PERMALINK_FALSE_LOWERED = re.compile(rb"ispermalink\s*=\s*[\"']false")
+
+
+def _has_permalink_false(body: bytes) -> bool:
+    """isPermaLink="false" in any letter case. The usual spelling first; then the lowered body,
+    because a case-insensitive pattern has no literal to search for and scans 15x slower (1 ms
+    for a 180 KB feed whose guids are all isPermaLink="true")."""
+    return _PERMALINK_FALSE.search(body) is not None or _PERMALINK_FALSE_LOWERED.search(body.lower()) is not None
 
 
 def _entry_from_fastfeedparser(
@@ -406,7 +430,10 @@ def _entry_from_fastfeedparser(
         guid = urljoin(base, guid)
     if link is None and guid is not None and guids_are_links and guid.lower().startswith(("http://", "https://")):
         link = guid
-    content_html, content_base = _content_from_parts(entry.get("content") or ())
+    content = entry.get("content")
+    content_html, content_base = _content_from_parts(content) if content else ("", None)
+    # Absent fields skip their helper: this runs for every entry, and most have no authors or tags.
+    authors, author, tags, updated = entry.get("authors"), entry.get("author"), entry.get("tags"), entry.get("updated")
     return RawEntry(
         source=source,
         title=_text(entry.get("title")),
@@ -414,10 +441,10 @@ def _entry_from_fastfeedparser(
         guid=_guid_unless_link(guid, raw_link, link),
         summary_html=_text(entry.get("description")),
         content_html=content_html,
-        authors=_author_names(entry.get("authors") or (), entry.get("author")),
+        authors=_author_names(authors or (), author) if authors or author else (),
         published=utc_datetime(entry.get("published")),
-        updated=utc_datetime(entry.get("updated")),
-        tags=_tag_terms(entry.get("tags") or ()),
+        updated=utc_datetime(updated) if updated else None,
+        tags=_tag_terms(tags) if tags else (),
         base_url=absolute_url(content_base, base) or base,
     )
 
@@ -594,12 +621,17 @@ _HTML_TYPES = ("html", "xhtml", "text/html", "application/xhtml+xml")
 
 def _content_from_parts(parts: Iterable[Mapping[str, Any]]) -> tuple[str, str | None]:
     """The first HTML content (plain text escaped when that is all there is) and its xml:base."""
-    parts = [part for part in parts if _text(part.get("value"))]
+    first_text: Mapping[str, Any] | None = None
     for part in parts:
+        value = _text(part.get("value"))
+        if not value:
+            continue
         if str(part.get("type") or "text/html").lower() in _HTML_TYPES:
-            return _text(part.get("value")), part.get("base") or None
-    if parts:
-        return _text_as_html(_text(parts[0].get("value"))), parts[0].get("base") or None
+            return value, part.get("base") or None
+        if first_text is None:
+            first_text = part
+    if first_text is not None:
+        return _text_as_html(_text(first_text.get("value"))), first_text.get("base") or None
     return "", None
 
 

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import re
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import nh3
 import pytest
 
+from aggregator import normalize as normalize_module
 from aggregator.errors import ParseError
 from aggregator.normalize import (
     SUMMARY_HTML_CAP,
     SUMMARY_TEXT_CAP,
     arxiv_base_id,
     canonical_url,
+    clean_title,
     html_to_text,
     item_key,
     normalize,
     sanitize_html,
+    text_of_clean_html,
 )
 from aggregator.parse import parse_feed
 from aggregator.types import RawEntry
@@ -127,7 +133,9 @@ def test_item_key_prefers_arxiv_then_github_then_guid_then_url() -> None:
         ("https://arxiv.org/abs/2401.01234?context=cs.CL", ("2401.01234", None)),
         ("https://export.arxiv.org/abs/hep-th/9901001v3", ("hep-th/9901001", 3)),
         ("https://arxiv.org/abs/math.GT/0309136v2", ("math/0309136", 2)),
+        ("HTTPS://ARXIV.ORG/abs/2401.01234v2", ("2401.01234", 2)),
         ("https://example.com/abs/2401.01234", None),
+        ("https://arxiv.example.com/abs/2401.01234", None),
         ("https://arxiv.org/list/cs.CL/recent", None),
         ("2413.01234", None),  # there is no month 13
         ("not an id", None),
@@ -287,3 +295,62 @@ def test_entries_published_as_anchors_of_one_page_keep_apart() -> None:
     # one entry repeated is still one item; a lone anchored link keeps the plain key
     repeated = normalize_all([anchors[0], anchors[0]], kind="blog", now=now)
     assert {item.key for item in repeated} == {"url:https://wiki.example/now.html"}
+
+
+# --- the fast paths give what the plain code gave ---------------------------------------------------
+
+
+def plain_collapse(text: str) -> str:
+    return " ".join(re.sub("[\x00-\x1f\x7f]", " ", text).split())
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "", " ", "one", "  two  words ", "tab\tnew\nline\r\nfeed\x0bform\x0c", "nul\x00bell\x07del\x7fend",
+        "file\x1cgroup\x1drecord\x1eunit\x1fsep", "\x01\x02  \x03", "a" * 300 + "  \n  " + "b",
+    ],
+)
+def test_whitespace_and_control_characters_collapse_alike_in_ascii_and_other_text(text: str) -> None:
+    # ASCII text takes a bytes path; anything else str.split(): both must equal the plain rule
+    assert clean_title(text) == plain_collapse(text)
+    other = text + " caf\xe9\xa0\u2028\u3000x\x85y\x00z"
+    assert clean_title(other) == plain_collapse(other)
+
+
+def test_text_of_clean_html_separates_words_at_block_elements_only() -> None:
+    cleaned = "<P>one</P><p>two<b>three</b></p>four<br>five<img src=x>six<TD>seven</TD>&amp;&lt;p&gt;\n\teight"
+    assert text_of_clean_html(cleaned) == "one twothree four fivesix seven &<p> eight"
+    assert text_of_clean_html("no tags,\n just  text") == "no tags, just text"
+
+
+@pytest.mark.parametrize("base", [None, "", "ftp://files.example/", "https://b.example/dir/", "http://c.example/x.xml"])
+def test_the_cached_sanitizer_cleans_as_a_fresh_one_does(base: str | None) -> None:
+    html = '<p onclick="x()">a <a href="rel/p">r</a> <a href="javascript:alert(1)">j</a><script>s()</script></p>'
+    relative: Any = ("rewrite_with_base", base) if base and base.startswith("http") else "deny"
+    fresh = nh3.clean(
+        html,
+        tags=normalize_module._ALLOWED_TAGS,
+        attributes=normalize_module._ALLOWED_ATTRIBUTES,
+        url_schemes=normalize_module._ALLOWED_SCHEMES,
+        url_relative=relative,
+        link_rel="noopener noreferrer nofollow",
+    ).strip()
+    assert sanitize_html(html, base) == fresh
+    for n in range(300):  # more bases than the cache holds: evicted ones are rebuilt alike
+        sanitize_html(html, f"https://host{n}.example/")
+    assert sanitize_html(html, base) == fresh
+
+
+def test_sanitize_html_is_safe_from_the_parse_threads() -> None:
+    jobs = [(f'<p><a href="p{n}">{n}</a></p>' * 20, f"https://h{n % 7}.example/") for n in range(400)]
+    expected = [sanitize_html(html, base) for html, base in jobs]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(lambda job: sanitize_html(*job), jobs)) == expected
+
+
+def test_a_base_that_is_no_url_drops_relative_links_instead_of_failing() -> None:
+    html_text = "<p><a href='/post'>relative</a> <a href='https://example.org/x'>absolute</a></p>"
+    cleaned = sanitize_html(html_text, "http://[bad")
+    assert "relative" in cleaned and 'href="/post"' not in cleaned
+    assert 'href="https://example.org/x"' in cleaned

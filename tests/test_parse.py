@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from aggregator.errors import ParseError
-from aggregator.parse import ParsedFeed, parse_feed
+from aggregator.parse import ParsedFeed, parse_feed, utc_datetime
 from aggregator.sources.rss import entries_from_feed
 from aggregator.types import Source
 from tests.server import LoopbackServer
@@ -293,3 +293,50 @@ def test_windows_1252_quotes_without_declaration_are_decoded() -> None:
     feed = parse_feed(body.encode("cp1252"), source="test", url=FEED_URL)
     assert feed.parser == "feedparser"
     assert feed.entries[0].title == "don\u2019t \u201cpanic\u201d"
+
+
+# --- the fast paths give what the plain code gave ---------------------------------------------------
+
+
+def test_impossible_character_references_are_dropped_and_possible_ones_kept() -> None:
+    title = "A&#0;B&#65;&#xD800;C&#x1F600;&#99999999999;D&#x0009;E"
+    items = "".join(f"<item><title>{title}</title><guid>g{n}</guid></item>" for n in range(3))
+    body = f"<rss version='2.0'><channel><title>refs</title>{items}</channel></rss>".encode()
+    feed = parse_feed(body, source="test", url=FEED_URL)
+    assert feed.parser == "fastfeedparser"
+    assert [e.title for e in feed.entries] == ["ABAC\U0001f600D\tE"] * 3
+
+
+def test_is_permalink_false_counts_in_any_letter_case() -> None:
+    def entry_of(second_guid_attribute: str) -> tuple[str | None, str | None]:
+        body = (
+            "<rss version='2.0'><channel><title>t</title>"
+            "<item><title>One</title><guid isPermaLink='true'>https://blog.example/one</guid></item>"
+            f"<item><title>Two</title><guid {second_guid_attribute}>posts/two</guid></item></channel></rss>"
+        ).encode()
+        two = parse_feed(body, source="test", url=FEED_URL).entries[1]
+        return two.guid, two.link
+
+    assert entry_of("isPermaLink='true'") == (None, "https://blog.example/feeds/posts/two")
+    assert entry_of("ISPERMALINK = \"FALSE\"") == ("posts/two", None)
+    assert entry_of("isPermaLink='false'") == ("posts/two", None)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2024-01-02T03:04:05Z", datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)),
+        ("2024-01-02T03:04:05.678+02:00", datetime(2024, 1, 2, 1, 4, 5, tzinfo=UTC)),
+        (" 2024-01-02T03:04:05 ", datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)),  # naive means UTC
+        ("Tue, 02 Jan 2024 03:04:05 -0500", datetime(2024, 1, 2, 8, 4, 5, tzinfo=UTC)),
+        ((2024, 1, 2, 3, 4, 61, 0, 0, 0), datetime(2024, 1, 2, 3, 4, 59, tzinfo=UTC)),
+        (datetime(2024, 1, 2, 3, 4, 5, 999), datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)),
+        ("not a date", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_utc_datetime_gives_whole_seconds_in_utc(value: object, expected: datetime | None) -> None:
+    parsed = utc_datetime(value)
+    assert parsed == expected
+    assert parsed is None or parsed.tzinfo is UTC
