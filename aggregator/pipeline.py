@@ -15,23 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
-import os
 import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from multiprocessing.context import BaseContext
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy.engine import Connection
 
 from aggregator.config import Settings, parse_interval
-from aggregator.errors import AggregatorError, FetchError, ParseError
+from aggregator.errors import AggregatorError, FetchError
 from aggregator.fetch import Fetcher, FetchLimits, Response
 from aggregator.normalize import normalize_all
 from aggregator.sources import arxiv as arxiv_source
@@ -58,9 +54,6 @@ class RunOptions:
     kind: str = "run"  # recorded with the run: run | poll | nightly | schedule | worker
     lease_owner: str | None = None  # a worker's name: each source's lease is released with its result
     take_leased: bool = False  # `poll`: sources named on purpose are fetched even if a worker holds them
-    # Processes that parse and normalize feeds: None = one per CPU when the run polls many feeds
-    # (PROCESS_PARSE_MIN_FEEDS), 0 = threads in this process (workers: they are processes already).
-    parse_processes: int | None = None
 
 
 def run_once(
@@ -91,7 +84,7 @@ def poll_sources(
 ) -> RunReport:
     """run_once after choosing: poll `chosen` (fetch state from `states`), store, cluster, classify,
     record. A worker calls it on the sources it leased, with their state as its claim returned it."""
-    results = asyncio.run(_poll_all(settings, storage, chosen, states, started, progress, options))
+    results = asyncio.run(_poll_all(settings, storage, chosen, states, started, progress, options.lease_owner))
     notes: list[str] = []
     new_ids = [i for r in results for i in r[1]]
     if settings.model.dedupe.enabled and new_ids:
@@ -200,19 +193,18 @@ async def _poll_all(
     states: dict[str, SourceState],
     now: datetime,
     progress: ProgressCallback | None,
-    options: RunOptions,
+    lease_owner: str | None = None,
 ) -> list[tuple[FetchResult, list[int]]]:
     limits = fetch_limits(settings)
     feeds = [s for s in chosen if s.kind != "arxiv"]
     papers = [s for s in chosen if s.kind == "arxiv"]
-    # Parsing runs off the event loop so it keeps fetching (in processes when there is much of it:
-    # parsing and sanitizing are most of a run's CPU, and threads share one core); one writer
-    # thread keeps SQLite writes in order.
+    # Parsing and the database run in threads so the event loop keeps fetching; one writer thread
+    # keeps SQLite writes in order.
     with (
-        _Parsers(parse_processes(len(feeds), options.parse_processes)) as parsers,
+        ThreadPoolExecutor(2, thread_name_prefix="parse") as parsers,
         ThreadPoolExecutor(1, thread_name_prefix="store") as writer,
     ):
-        lane = _Lane(settings, storage, states, now, parsers, writer, progress, options.lease_owner)
+        lane = _Lane(settings, storage, states, now, parsers, writer, progress, lease_owner)
         # The arXiv lane has its own connections and slots: a paced request leaves when its turn
         # comes instead of queueing behind the feed lane for a slot (and landing next to the next one).
         async with Fetcher(limits) as fetcher, Fetcher(limits) as arxiv_fetcher:
@@ -237,88 +229,6 @@ def fetch_limits(settings: Settings) -> FetchLimits:
     )
 
 
-# -- parsing, in this process or in others ------------------------------------------------------
-
-PROCESS_PARSE_MIN_FEEDS = 64  # below this, starting processes costs more than parsing in threads
-
-
-def items_from_response(source: Source, response: Response, now: datetime) -> list[Item]:
-    """A feed or release-feed body -> normalized Items (runs in a parser process or thread)."""
-    body, url, headers = response.body, response.url, response.headers
-    if source.kind == "github":
-        entries = github.entries_from_releases(body, source, url=url, headers=headers)
-    else:
-        entries = rss.entries_from_feed(body, source, url=url, headers=headers)
-    return normalize_entries(source, entries, now)
-
-
-def normalize_entries(source: Source, entries: Sequence[RawEntry], now: datetime) -> list[Item]:
-    return normalize_all(entries, kind=_KIND_OF_SOURCE[source.kind], now=now)
-
-
-def parse_processes(feeds: int, requested: int | None) -> int:
-    """How many parser processes a run of `feeds` feed sources uses (0 = threads)."""
-    if requested is not None:
-        return requested
-    cpus = os.cpu_count() or 1
-    return min(cpus, 4) if feeds >= PROCESS_PARSE_MIN_FEEDS and cpus > 1 else 0
-
-
-class _Parsers:
-    """Where parsing runs: parser processes, or two threads. A parser process that dies (a C
-    parser crashing on a hostile body) fails nothing by itself: the pool is replaced and each
-    feed it was parsing is tried once more, alone in a new process; a feed that kills that one
-    too is that source's error."""
-
-    def __init__(self, processes: int) -> None:
-        self.processes = processes
-        self._threads = ThreadPoolExecutor(2, thread_name_prefix="parse") if processes == 0 else None
-        self._pool = self._new_pool() if processes else None
-
-    def __enter__(self) -> _Parsers:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for executor in (self._threads, self._pool):
-            if executor is not None:
-                executor.shutdown(cancel_futures=True)
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        if self._pool is None:
-            return await loop.run_in_executor(self._threads, fn, *args)
-        pool = self._pool
-        try:
-            return await loop.run_in_executor(pool, fn, *args)
-        except BrokenProcessPool:
-            if pool is self._pool:  # the first feed to notice replaces it for all
-                pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = self._new_pool()
-        # Once more in a process of its own, so only the feed that kills its parser fails.
-        with self._new_pool(1) as alone:
-            try:
-                return await loop.run_in_executor(alone, fn, *args)
-            except BrokenProcessPool:
-                raise ParseError("the parser process died parsing this feed") from None
-
-    def _new_pool(self, processes: int | None = None) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(processes or self.processes, mp_context=_process_context())
-
-
-def _process_context() -> BaseContext:
-    # forkserver: parser processes fork from a clean server, never from this threaded process.
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["aggregator.pipeline"])
-    return context
-
-
-def _portable(response: Response) -> Response:
-    """The response with plain-dict headers, so it can travel to a parser process."""
-    return replace(response, headers=dict(response.headers))
-
-
 class _Lane:
     """Shared machinery of both lanes: parse off the loop, store in one transaction per source."""
 
@@ -328,7 +238,7 @@ class _Lane:
         storage: Storage,
         states: dict[str, SourceState],
         now: datetime,
-        parsers: _Parsers,
+        parsers: ThreadPoolExecutor,
         writer: ThreadPoolExecutor,
         progress: ProgressCallback | None,
         lease_owner: str | None = None,
@@ -351,7 +261,8 @@ class _Lane:
             if response.status == 304:
                 result = FetchResult(source.name, "not_modified", http_status=304)
                 return self._done(*await self._store(source, [], result, response, state), started)
-            items = await self.parsers.run(items_from_response, source, _portable(response), self.now)
+            loop = asyncio.get_running_loop()
+            items = await loop.run_in_executor(self.parsers, self._parse, source, response)
             result = FetchResult(source.name, "new", http_status=response.status)
             return self._done(*await self._store(source, items, result, response, state), started)
         except AggregatorError as exc:
@@ -380,7 +291,8 @@ class _Lane:
         async def store_page(entries: list[RawEntry]) -> None:
             # Each page is stored as it arrives: a later failing page loses nothing already read.
             nonlocal totals
-            items = await self.parsers.run(normalize_entries, source, entries, self.now)
+            loop = asyncio.get_running_loop()
+            items = await loop.run_in_executor(self.parsers, self._normalize, source, entries)
             counts = await self._write(lambda conn: self.storage.store_items(items, self.now, conn=conn))
             ids.extend(counts.new_ids + counts.changed_ids)
             totals = _add_counts(totals, counts)
@@ -397,6 +309,18 @@ class _Lane:
         return self._done(result, ids, started)
 
     # -- stages inside a lane -------------------------------------------------------------------
+
+    def _parse(self, source: Source, response: Response) -> list[Item]:
+        body, url, headers = response.body, response.url, response.headers
+        if source.kind == "github":
+            entries = github.entries_from_releases(body, source, url=url, headers=headers)
+        else:
+            entries = rss.entries_from_feed(body, source, url=url, headers=headers)
+        return self._normalize(source, entries)
+
+    def _normalize(self, source: Source, entries: Sequence[RawEntry]) -> list[Item]:
+        kind = _KIND_OF_SOURCE[source.kind]
+        return normalize_all(entries, kind=kind, now=self.now)
 
     async def _store(
         self,

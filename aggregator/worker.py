@@ -165,8 +165,7 @@ class Worker:
             return None
         states = {state.name: state for state in claimed}
         chosen = [self._sources[state.name] for state in claimed]
-        # A worker is one process of many: it parses in threads, the machine's cores go to more workers.
-        options = RunOptions(kind="worker", lease_owner=owner, classify=self.options.classify, parse_processes=0)
+        options = RunOptions(kind="worker", lease_owner=owner, classify=self.options.classify)
         try:
             return poll_sources(self.settings, self.storage, chosen, states, now, options, self.progress)
         finally:

@@ -4,8 +4,6 @@ AGGREGATOR_TEST_PG_URL is set, on PostgreSQL."""
 
 from __future__ import annotations
 
-import asyncio
-import os
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from aggregator.config import Settings, load_settings
-from aggregator.errors import ParseError
-from aggregator.pipeline import RunOptions, _Parsers, next_check_after, run_once
-from aggregator.storage import ItemQuery, Storage, open_storage
+from aggregator.pipeline import RunOptions, next_check_after, run_once
+from aggregator.storage import ItemQuery, Storage
 from aggregator.types import Source
 from tests.server import LoopbackServer
 
@@ -81,10 +78,10 @@ def write_config(tmp_path: Path, server: LoopbackServer, db_url: str, extra_sour
 database: "{db_url}"
 models_dir: {tmp_path}/no-models
 fetch: {{timeout: 5, allow_private_addresses: true}}
-arxiv: {{api_url: "{server.url("/api/query")}", delay_seconds: 0.01, page_size: 5}}
+arxiv: {{api_url: "{server.url('/api/query')}", delay_seconds: 0.01, page_size: 5}}
 sources:
-  - {{name: blog, kind: feed, url: "{server.url("/blog.xml")}"}}
-  - {{name: lib, kind: github, repo: example/lib, url: "{server.url("/lib/releases.atom")}"}}
+  - {{name: blog, kind: feed, url: "{server.url('/blog.xml')}"}}
+  - {{name: lib, kind: github, repo: example/lib, url: "{server.url('/lib/releases.atom')}"}}
   - {{name: papers, kind: arxiv, query: "cat:cs.CL", max_results: 12}}
 {extra_sources}"""
     path = tmp_path / "feeds.yaml"
@@ -208,37 +205,3 @@ def test_backoff_grows_with_errors_and_honours_retry_after(tmp_path: Path, world
     assert timedelta(days=7) <= capped <= timedelta(days=7.8)
     told = next_check_after(source, now=NOW, errors=0, settings=settings, retry_after=86400, rng=rng) - NOW
     assert told >= timedelta(days=1)
-
-
-def _items_seen(storage: Storage) -> set[tuple[object, ...]]:
-    return {(s.item.key, s.item.title, s.item.url, s.item.summary_text, s.item.published) for s in storage.items()}
-
-
-def test_parsing_in_processes_stores_what_threads_store(tmp_path: Path, world: LoopbackServer) -> None:
-    # Big runs parse in processes, small ones in threads: the items must not depend on which.
-    seen = []
-    for processes in (0, 2):
-        folder = tmp_path / str(processes)
-        folder.mkdir()
-        settings = write_config(folder, world, "sqlite://")
-        with open_storage("sqlite://") as storage:
-            report = run_once(settings, storage, NOW, RunOptions(parse_processes=processes, classify=False))
-            assert not report.failed
-            seen.append(_items_seen(storage))
-    assert seen[0] == seen[1] and len(seen[0]) == 23
-
-
-def _exit_on(word: str) -> str:
-    if word == "crash":
-        os._exit(3)  # what a C parser crashing on a hostile body looks like from outside
-    return word
-
-
-def test_a_parser_process_that_dies_fails_only_its_feed() -> None:
-    async def parse(words: list[str]) -> list[object]:
-        with _Parsers(1) as parsers:
-            return await asyncio.gather(*(parsers.run(_exit_on, w) for w in words), return_exceptions=True)
-
-    results = asyncio.run(parse(["crash", "fine"]))
-    assert isinstance(results[0], ParseError) and "parser process died" in str(results[0])
-    assert results[1] == "fine"  # retried in the replaced pool
