@@ -7,11 +7,14 @@ from dataclasses import replace
 import pytest
 
 from aggregator.classify.itemtype import (
+    _TECH_REPORT,
     ITEM_TYPES,
+    _says_technical_report,
     is_prerelease,
     item_type,
     parse_version,
     release_type,
+    split_link,
     type_from_example,
 )
 from aggregator.types import Item
@@ -139,3 +142,29 @@ def test_every_tag_is_one_of_the_documented_types() -> None:
         ]
     }
     assert tags <= set(ITEM_TYPES)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Foo-7B Technical Report",
+        "the TECH. REPORT is out",
+        "our tech report",
+        "A System Card for Bar",
+        "\u017fystem card",  # long s matches "s" case-insensitively: the check must still find "card"
+        "techn\u0130cal report",  # dotted capital I
+        "reported by a cardiologist",  # "report" and "card" inside words: the regex decides
+        "nothing to see here",
+        "",
+    ],
+)
+def test_the_quick_technical_report_check_agrees_with_the_pattern(text: str) -> None:
+    for title, summary in [(text, ""), ("", text), (text[:6], text[6:])]:
+        expected = _TECH_REPORT.search(f"{title}\n{summary}") is not None
+        assert _says_technical_report(title, summary) == expected
+
+
+def test_a_malformed_link_still_gets_a_tag_from_its_text() -> None:
+    assert split_link("http://[::1/x") == ("", "")
+    assert type_from_example("Keynote at the NeurIPS summit", "", "http://[::1/x") == "Conference talk"
+    assert split_link("https://WWW.Example.org/A/b?q=1") == ("example.org", "/A/b")

@@ -8,8 +8,10 @@ says so once.
 
 from __future__ import annotations
 
+import gc
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 
@@ -46,16 +48,29 @@ def classify_pending(
     if ids is None:
         ids = storage.unclassified_ids(version, rescore=rescore)
     defaults = {s.name: s.default_category for s in settings.sources}
-    for start in range(0, len(ids), BATCH):
-        stored = storage.items_by_ids(ids[start : start + BATCH])
-        batch = [stored[i] for i in ids[start : start + BATCH] if i in stored]
-        predictions = classify_items([s.item for s in batch], model, relevance)
-        rows = []
-        for s, prediction in zip(batch, predictions, strict=True):
-            if prediction.section is None and defaults.get(s.item.source):
-                prediction = replace(prediction, section=defaults[s.item.source])
-            rows.append((s.id, prediction))
-        storage.save_predictions(rows, now)
+    with _existing_objects_frozen():
+        for start in range(0, len(ids), BATCH):
+            stored = storage.items_to_classify(ids[start : start + BATCH])
+            batch = [(i, stored[i]) for i in ids[start : start + BATCH] if i in stored]
+            predictions = classify_items([item for _, item in batch], model, relevance)
+            rows = []
+            for (item_id, item), prediction in zip(batch, predictions, strict=True):
+                if prediction.section is None and defaults.get(item.source):
+                    prediction = replace(prediction, section=defaults[item.source])
+                rows.append((item_id, prediction))
+            storage.save_predictions(rows, now)
     if ids:
         log.info("classified", extra={"items": len(ids), "model_version": version})
     return notes
+
+
+@contextmanager
+def _existing_objects_frozen() -> Iterator[None]:
+    """Keep the garbage collector's full passes off the objects that exist already (libraries, the
+    model): each batch leaves enough survivors to set one off every few batches, and re-walking
+    those ~200,000 objects cost ~0.1 s a time (0.2 s of 1.7 s on 17,903 items)."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
