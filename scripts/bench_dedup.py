@@ -10,6 +10,8 @@ the 100k synthetic mix; the blog feeds scripts/bench_ingest.py serves (--feeds o
 normalized and with their links, as `aggregator run` clusters them; and a broken feed repeating one
 entry 2,000 times. Each prints the counts of Index.last_add: candidate pairs, pairs left after the
 vetoes run on arrays, and same-story edges (the work grows with these, never with items squared).
+Last, the whole stage through storage (clusters.cluster_new on a SQLite file) over those feeds: the
+first run, where every item is new, and a later run adding one post a feed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import random
 import resource
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -30,11 +33,13 @@ from typing import Any
 import numpy as np
 from bench_ingest import make_feed
 
-from aggregator.clusters import linked_urls
+from aggregator.clusters import cluster_new, linked_urls
+from aggregator.config import Settings, load_settings
 from aggregator.dedupe import Candidate, DedupeConfig, Index, cluster
 from aggregator.normalize import normalize
 from aggregator.parse import parse_feed
-from aggregator.types import StoredItem
+from aggregator.storage import Storage, open_storage
+from aggregator.types import Item, StoredItem
 
 PAIRS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "pairs.jsonl"
 THRESHOLDS = [round(0.15 + 0.05 * i, 2) for i in range(15)]
@@ -363,15 +368,21 @@ def synthetic_run(count: int, cfg: DedupeConfig, seed: int) -> None:
     print(f"  forget items older than the window: {dropped:,} dropped in {time.perf_counter() - started:.1f} s")
 
 
-def feed_batch(feeds: int, *, with_links: bool) -> list[Candidate]:
-    """The posts of `feeds` generated blog feeds, as clusters.cluster_new hands them to dedupe."""
+def feed_items(feeds: int, now: datetime) -> list[Item]:
+    """The posts of `feeds` generated blog feeds, parsed and normalized (first seen `now`)."""
     rng = random.Random(1)
-    now = datetime(2026, 9, 30, tzinfo=UTC)
-    stored: list[StoredItem] = []
+    items: list[Item] = []
     for n in range(feeds):
         url = f"http://127.0.0.1/feed{n}.xml"  # as bench_ingest serves them: every feed on one host
-        for entry in parse_feed(make_feed(rng, n).encode(), source=f"blog{n}", url=url).entries:
-            stored.append(StoredItem(len(stored) + 1, normalize(entry, kind="blog", now=now), now, now))
+        parsed = parse_feed(make_feed(rng, n).encode(), source=f"blog{n}", url=url)
+        items += [normalize(entry, kind="blog", now=now) for entry in parsed.entries]
+    return items
+
+
+def feed_batch(feeds: int, *, with_links: bool) -> list[Candidate]:
+    """The posts of `feeds` generated blog feeds, as clusters.cluster_new hands them to dedupe."""
+    now = datetime(2026, 9, 30, tzinfo=UTC)
+    stored = [StoredItem(i, item, now, now) for i, item in enumerate(feed_items(feeds, now), start=1)]
     return [Candidate.from_stored(s, linked_urls(s) if with_links else ()) for s in stored]
 
 
@@ -405,6 +416,48 @@ def repeating_feed_run(copies: int = 2000) -> None:
     print("\na broken feed repeating one entry:")
     timed_add("one source", items)
     timed_add("the same text from as many sources", [replace(c, source=f"mirror-{c.id}") for c in items])
+
+
+def later_posts(items: Sequence[Item], now: datetime) -> list[Item]:
+    """One new post a feed: every third one a copy of another feed's post (title and text), the rest
+    new text; all published `now`."""
+    rng = random.Random(2)
+    first = {item.source: item for item in reversed(items)}
+    posts = []
+    for n, (source, own) in enumerate(sorted(first.items())):
+        model = rng.choice(items) if n % 3 == 0 else own
+        words = model.summary_text.split()
+        if n % 3:
+            rng.shuffle(words)
+        url = f"https://{source}.example.org/posts/new"
+        posts.append(replace(model, key=f"url:{url}", url=url, source=source, summary_text=" ".join(words),
+                             published=now, content_hash=f"new-{n}"))  # fmt: skip
+    return posts
+
+
+def timed_cluster_new(label: str, storage: Storage, settings: Settings, new_ids: Sequence[int]) -> None:
+    started, cpu = time.perf_counter(), time.process_time()
+    changed = cluster_new(storage, settings, new_ids)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    print(f"  {label}: {len(new_ids):,} new items in {seconds:.2f} s ({cpu:.2f} s CPU, "
+          f"{seconds / len(new_ids) * 1e6:,.0f} us a new item); {changed} memberships changed")  # fmt: skip
+
+
+def storage_runs(feeds: int) -> None:
+    print(f"\nclusters.cluster_new on a SQLite file ({feeds} feeds of scripts/bench_ingest.py):")
+    now = datetime.now(UTC)
+    items = feed_items(feeds, now)
+    with tempfile.TemporaryDirectory() as folder:
+        config = Path(folder) / "feeds.yaml"
+        config.write_text("sources: []\n", encoding="utf-8")
+        settings = load_settings(config, env={})
+        with open_storage(f"sqlite:///{folder}/bench.db") as storage:
+            counts = storage.store_items(items, now)
+            timed_cluster_new("first run, every item new", storage, settings, counts.new_ids)
+            counts = storage.store_items(later_posts(items, now), now)
+            timed_cluster_new("a later run, one post a feed", storage, settings, counts.new_ids)
+            window = len(storage.story_items(now - timedelta(days=7), now + timedelta(days=7)))
+            print(f"    (it reads and signs again the {window:,} items within the window of its new ones)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -444,6 +497,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.feeds:
             feed_runs(args.feeds)
         repeating_feed_run()
+        if args.feeds:
+            storage_runs(args.feeds)
     return 0
 
 

@@ -91,3 +91,30 @@ def test_dates_at_the_edge_of_the_calendar_do_not_break_clustering(tmp_path: Pat
     old = replace(blog_post(1, "https://example.org/a"), published=datetime(1, 1, 1, tzinfo=UTC))
     counts = memory_storage.store_items([old], NOW)
     assert cluster_new(memory_storage, settings(tmp_path), counts.new_ids) == 0
+
+
+def test_clustering_reads_each_backend_alike(tmp_path: Path, storage: Storage) -> None:
+    from dataclasses import replace
+
+    first = replace(blog_post(1, "https://arxiv.org/pdf/2611.01234v2"), published=NOW + timedelta(microseconds=123456))
+    undated = replace(blog_post(2, "https://arxiv.org/abs/2611.01234"), published=None)  # dated when first seen
+    month_later = replace(blog_post(3, "https://arxiv.org/abs/2611.01234"), published=NOW + timedelta(days=30))
+    counts = storage.store_items([paper(), first, undated, month_later], NOW)
+    new_ids = sorted(counts.new_ids)
+    stored = {s.id: s for s in storage.items()}
+    read = {f.id: f for f in storage.story_items(None, None)}
+    assert read == {f.id: f for f in storage.story_items_by_ids([new_ids[3], new_ids[0], new_ids[2], new_ids[1]])}
+    for item_id, s in stored.items():
+        f, item = read[item_id], s.item
+        assert (f.key, f.source, f.title, f.summary_text, f.summary_html, f.url) == (
+            item.key, item.source, item.title, item.summary_text, item.summary_html, item.url)  # fmt: skip
+        assert (f.arxiv_id, f.repo, f.version, f.cluster_id) == (item.arxiv_id, item.repo, item.version, s.cluster_id)
+        assert f.at == (item.published or s.first_seen) and f.at.utcoffset() == timedelta(0)
+    assert storage.story_span(new_ids) == (NOW, NOW + timedelta(days=30))
+    assert storage.story_span([max(new_ids) + 1]) is None
+    assert [f.id for f in storage.story_items(NOW + timedelta(days=1), None)] == [new_ids[3]]
+
+    cluster_new(storage, settings(tmp_path), new_ids)
+    clusters = {s.item.source: s.cluster_id for s in storage.items()}
+    assert clusters["arxiv-cl"] == clusters["lab1"] == clusters["lab2"] == new_ids[0]
+    assert clusters["lab3"] is None  # a month later: outside the window

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from aggregator.dedupe import AddStats, Candidate, DedupeConfig, Index, cluster, same_story, split_out
+from aggregator.dedupe import AddStats, Candidate, DedupeConfig, Index, _MinHasher, cluster, same_story, split_out
 from aggregator.errors import ConfigError
 from aggregator.types import Item, StoredItem
 
@@ -149,6 +151,59 @@ def test_a_roundup_linking_many_papers_is_none_of_them() -> None:
     links = tuple(f"https://arxiv.org/abs/2405.0{n}137" for n in range(1, 9))
     roundup = story(2, "weekly-papers", "Papers of the week", "Eight papers.", linked_ids=links)
     assert not same_story(paper, roundup)
+
+
+MIXED_TEXTS = [
+    WIRE,
+    OTHER_WIRE.upper(),
+    NOTES,
+    "Ünïcödé ΣΟΦΙΑ model\u2014beats GPT\u20194 on İstanbul benchmarks\u2026 " * 3,  # separators, non-ASCII case
+    "tabs\tand\nnew lines, a NUL\0inside, under_scores and 3.14 numbers " * 3,
+    "too short to sign",
+    "",
+]
+
+
+def reference_signature(text: str, cfg: DedupeConfig) -> list[int] | None:
+    """The MinHash signature as dedupe defines it, in plain Python: one 64-bit polynomial hash per
+    lower-cased word, mixed hashes of word n-grams, the least in each of num_perm bins, empty bins
+    filled from a fixed probe sequence."""
+    mask, growth = 2**64 - 1, 0x9E3779B97F4A7C15
+    lowered = text.lower().translate(str.maketrans(dict.fromkeys("\u00a0\u00ab\u2014\u2019\u2026", " ")))
+    runs = re.findall(rb"[a-z0-9_\x80-\xff]+", lowered.encode())
+    words = [sum((byte + 1) * pow(growth, k, 2**64) for k, byte in enumerate(run)) & mask for run in runs]
+    if len(words) < max(cfg.min_tokens, cfg.shingle):
+        return None
+    bins: list[int | None] = [None] * cfg.num_perm
+    for start in range(len(words) - cfg.shingle + 1):
+        gram = words[start]
+        for word in words[start + 1 : start + cfg.shingle]:
+            gram = (gram * growth + word) & mask
+        for multiplier in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53):
+            gram = ((gram ^ (gram >> 33)) * multiplier) & mask
+        gram ^= gram >> 33
+        slot = ((gram >> 32) * cfg.num_perm) >> 32
+        bins[slot] = min(bins[slot] if bins[slot] is not None else 2**32, gram & 0xFFFFFFFF)
+    size = cfg.num_perm
+    probes = np.random.default_rng(cfg.seed).integers(0, size, size=(size, size))
+    signature = []
+    for slot, value in enumerate(bins):
+        attempt = 0
+        while value is None:  # random bins first, then the bins to the right
+            value = bins[probes[attempt][slot] if attempt < size else (slot + attempt - size + 1) % size]
+            attempt += 1
+        signature.append(value)
+    return signature
+
+
+@pytest.mark.parametrize("cfg", [DedupeConfig(), DedupeConfig(num_perm=16, shingle=1, min_tokens=4, seed=5)])
+def test_signatures_are_the_minhash_of_word_ngrams(cfg: DedupeConfig) -> None:
+    # The vectorised hashing must stay exactly this function: signatures made by different code never compare.
+    for batch in (MIXED_TEXTS, [t for t in MIXED_TEXTS if t.isascii()], [WIRE, OTHER_WIRE]):
+        signed = _MinHasher(cfg).signatures(batch)
+        expected = [reference_signature(text, cfg) for text in batch]
+        assert [None if s is None else s.tolist() for s in signed] == expected
+    assert sum(s is not None for s in _MinHasher(cfg).signatures(MIXED_TEXTS)) >= 4
 
 
 # ---------------------------------------------------------------- vetoes
