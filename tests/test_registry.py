@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +17,7 @@ from sklearn.preprocessing import FunctionTransformer
 
 import aggregator.classify.registry as registry_module
 from aggregator.classify.features import doc_from_example
-from aggregator.classify.registry import ModelVersionWarning, Registry, library_versions
+from aggregator.classify.registry import MODEL_FILE, ModelVersionWarning, Registry, library_versions
 from aggregator.classify.train import TrainResult, train_relevance_model, train_section_model
 from aggregator.errors import ModelError
 from aggregator.types import LabeledExample
@@ -225,3 +227,15 @@ def test_version_numbers_keep_counting_after_a_deleted_version(models: Path, goo
     assert second.startswith("v0002-")
     later = registry.save(good, promote=False, now=datetime(2027, 1, 2, 3, 4, tzinfo=UTC))
     assert later == "v0003-20270102T0304"
+
+
+def test_a_save_clears_what_a_killed_save_left_but_not_a_save_in_progress(models: Path, good: TrainResult) -> None:
+    models.mkdir(parents=True, exist_ok=True)
+    abandoned, in_progress = models / ".saving-killed", models / ".saving-now"
+    for folder in (abandoned, in_progress):
+        folder.mkdir()
+        (folder / MODEL_FILE).write_bytes(b"half a model")
+    two_hours_ago = time.time() - 7200
+    os.utime(abandoned, (two_hours_ago, two_hours_ago))
+    Registry(models).save(good, promote=True, now=NOW)
+    assert not abandoned.exists() and in_progress.exists()

@@ -30,6 +30,7 @@ import platform
 import re
 import shutil
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,6 +52,7 @@ MODEL_FILE = "model.skops"
 RELEVANCE_FILE = "relevance.skops"
 METADATA_FILE = "metadata.json"
 CURRENT_FILE = "CURRENT"
+ABANDONED_SAVE_SECONDS = 3600
 # Types outside scikit-learn/numpy/scipy that our Pipelines contain; nothing else is ever built.
 TRUSTED_TYPES = (
     "aggregator.classify.features.docs_to_columns",
@@ -134,6 +136,15 @@ class Registry:
 
     # --- writing -----------------------------------------------------------------------------
 
+    def _clear_abandoned_saves(self) -> None:
+        """A save killed mid-way (SIGKILL, power loss) leaves its staging folder behind; one untouched
+        for an hour is no save in progress (a save takes seconds), so it goes."""
+        cutoff = time.time() - ABANDONED_SAVE_SECONDS
+        for folder in self.models_dir.glob(".saving-*"):
+            with contextlib.suppress(OSError):  # another process may clear it at the same moment
+                if folder.is_dir() and folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder)
+
     def save(
         self,
         result: TrainResult,
@@ -146,6 +157,7 @@ class Registry:
         """Write a new version atomically and return its name; `promote` makes it live. The name
         is also stamped on result.model (and `relevance`), so their predictions carry it."""
         self.models_dir.mkdir(parents=True, exist_ok=True)
+        self._clear_abandoned_saves()
         created = (now or datetime.now(UTC)).astimezone(UTC)
         files = {MODEL_FILE: skops_io.dumps(result.model.pipeline)}
         if relevance is not None:
