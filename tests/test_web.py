@@ -7,7 +7,7 @@ import re
 import stat
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -55,7 +55,13 @@ class Site:
         return state["status"] if state else None
 
 
-def make_site(folder: Path, *, editors: bool = True, env: dict[str, str] | None = None) -> Site:
+def make_site(
+    folder: Path,
+    *,
+    editors: bool = True,
+    env: dict[str, str] | None = None,
+    clock: Callable[[], datetime] = lambda: NOW,
+) -> Site:
     config = folder / "feeds.yaml"
     editor_lines = f"review:\n  editors:\n    - {{name: alice, password_hash: '{ALICE_HASH}'}}\n" if editors else ""
     config.write_text(
@@ -64,7 +70,7 @@ def make_site(folder: Path, *, editors: bool = True, env: dict[str, str] | None 
     settings = load_settings(config, env={})
     storage = open_storage(settings.database_url)
     environment = {"AGGREGATOR_EDITOR_TOKEN": TOKEN, "AGGREGATOR_SECRET_KEY": SECRET} if env is None else env
-    app = create_app(settings, storage, env=environment, clock=lambda: NOW)
+    app = create_app(settings, storage, env=environment, clock=clock)
     return Site(settings, storage, TestClient(app, base_url="http://testserver"))
 
 
@@ -488,3 +494,23 @@ def test_the_session_key_is_kept_beside_the_config_with_owner_only_access(tmp_pa
     assert load_secret(settings, {}) == first and len(first) >= 32
     assert stat.S_IMODE((tmp_path / ".aggregator-secret").stat().st_mode) == 0o600
     assert load_secret(settings, {"AGGREGATOR_SECRET_KEY": SECRET}) == SECRET.encode()
+
+
+def test_guessing_a_password_is_slowed_to_five_tries_per_quarter_hour(tmp_path: Path) -> None:
+    clock = [NOW]
+    made = make_site(tmp_path, clock=lambda: clock[0])
+
+    def sign_in(password: str, name: str = "alice") -> Any:
+        return made.client.post("/login", data={"name": name, "password": password}, follow_redirects=False)
+
+    try:
+        assert [sign_in(f"guess {n}").status_code for n in range(5)] == [401] * 5
+        refused = sign_in(PASSWORD)  # even the right one: the guesser cannot tell
+        assert refused.status_code == 429 and "too many wrong passwords" in refused.text
+        assert 0 < int(refused.headers["Retry-After"]) <= 15 * 60
+        assert sign_in(TOKEN, name="carol").status_code == 303  # another name is not locked out
+        clock[0] = NOW + timedelta(minutes=16)
+        assert sign_in(PASSWORD).status_code == 303
+    finally:
+        made.client.close()
+        made.storage.close()

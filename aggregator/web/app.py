@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
+from math import ceil
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
@@ -38,7 +39,7 @@ from aggregator.config import Settings
 from aggregator.errors import AggregatorError, ReviewError
 from aggregator.review import Card, Outcome, QueueQuery, Review
 from aggregator.storage import Storage
-from aggregator.web.auth import Authenticator, Session, SessionSigner, load_secret
+from aggregator.web.auth import Authenticator, LoginThrottle, Session, SessionSigner, load_secret
 
 log = logging.getLogger("aggregator.web")
 
@@ -104,6 +105,7 @@ class _Context:
         self.review = Review.from_settings(settings, storage)
         self.auth = Authenticator.from_settings(settings, env)
         self.signer = SessionSigner(load_secret(settings, env))
+        self.throttle = LoginThrottle()
         self.clock = clock
         self.retrainer = Retrainer(settings, storage, clock)
         self.templates = _templates()
@@ -245,9 +247,20 @@ def _page_routes(app: FastAPI, ctx: _Context) -> None:
     def login(request: Request, name: Annotated[str, Form()] = "", password: Annotated[str, Form()] = "") -> Response:
         if not _same_origin(request):
             raise HTTPException(403, "cross-site request refused")
+        # Per address and name: behind a proxy every editor shares one address, and one person's
+        # typos must not lock the others out.
+        attempt, now = f"{request.client.host if request.client else '?'} {name.strip().lower()}", ctx.clock()
+        wait = ctx.throttle.wait(attempt, now)
+        if wait:
+            error = f"too many wrong passwords: try again in {ceil(wait / 60)} min"
+            refused = ctx.render("login.html", request, 429, error=error, name=name)
+            refused.headers["Retry-After"] = str(ceil(wait))
+            return refused
         editor = ctx.auth.login(name, password) if ctx.auth.enabled else None
         if editor is None:
+            ctx.throttle.failed(attempt, now)
             return ctx.render("login.html", request, 401, error="wrong name or password", name=name)
+        ctx.throttle.succeeded(attempt)
         cookie, _ = ctx.signer.issue(editor, ctx.clock(), ctx.auth.credential(editor) or "")
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(COOKIE, cookie, max_age=int(ctx.signer.lifetime.total_seconds()), httponly=True,

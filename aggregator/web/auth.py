@@ -14,6 +14,10 @@ it is the API's `Authorization: Bearer <token>` (decisions recorded under "token
 Sessions are a cookie holding `<payload>.<signature>`: the payload is base64 JSON (editor, CSRF
 token, expiry), the signature HMAC-SHA256 under a secret: env AGGREGATOR_SECRET_KEY, else a random
 key created once in a file beside feeds.yaml (`.aggregator-secret`, mode 0600).
+
+Guessing: after LOGIN_FAILURES failed sign-ins for one name from one address within LOGIN_WINDOW,
+that name is refused from that address (429, Retry-After) until the oldest failure is out of the
+window.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import hmac
 import json
 import os
 import secrets
+import threading
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -41,6 +47,9 @@ TOKEN_EDITOR = "token"  # noqa: S105
 MIN_TOKEN_CHARS = 16
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 _SCRYPT_MAXMEM = 64 * 1024 * 1024
+LOGIN_FAILURES = 5
+LOGIN_WINDOW = timedelta(minutes=15)
+_THROTTLED_ADDRESSES = 10_000  # memory bound: past it, the address seen least recently is forgotten
 
 
 # -- password hashes ----------------------------------------------------------------------------------
@@ -216,3 +225,43 @@ def _b64(data: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+# -- guessing -----------------------------------------------------------------------------------------
+
+
+class LoginThrottle:
+    """Failed sign-ins per attempt key (client address and name), in this process's memory."""
+
+    def __init__(self, failures: int = LOGIN_FAILURES, window: timedelta = LOGIN_WINDOW) -> None:
+        self.failures = failures
+        self.window = window
+        self._seen: dict[str, deque[datetime]] = {}  # insertion order = least recently failed first
+        self._lock = threading.Lock()
+
+    def wait(self, address: str, now: datetime) -> float:
+        """Seconds before `address` may try again (0: now)."""
+        with self._lock:
+            recent = self._recent(address, now)
+            if len(recent) < self.failures:
+                return 0.0
+            return max((recent[0] + self.window - now).total_seconds(), 1.0)
+
+    def failed(self, address: str, now: datetime) -> None:
+        with self._lock:
+            recent = self._recent(address, now)
+            recent.append(now)
+            self._seen[address] = self._seen.pop(address, recent)  # now the most recent
+            while len(self._seen) > _THROTTLED_ADDRESSES:
+                del self._seen[next(iter(self._seen))]
+
+    def succeeded(self, address: str) -> None:
+        with self._lock:
+            self._seen.pop(address, None)
+
+    def _recent(self, address: str, now: datetime) -> deque[datetime]:
+        recent = self._seen.get(address, deque())
+        while recent and recent[0] <= now - self.window:
+            recent.popleft()
+        return recent
+
