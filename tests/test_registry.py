@@ -239,3 +239,14 @@ def test_a_save_clears_what_a_killed_save_left_but_not_a_save_in_progress(models
     os.utime(abandoned, (two_hours_ago, two_hours_ago))
     Registry(models).save(good, promote=True, now=NOW)
     assert not abandoned.exists() and in_progress.exists()
+
+
+def test_a_model_is_loaded_once_per_process_until_its_file_changes(models: Path, good: TrainResult) -> None:
+    registry = Registry(models)
+    version = registry.save(good, promote=True, now=NOW)
+    first = registry.load()
+    assert first is not None and Registry(models).load() is first  # a worker's next batch: no reload
+    model_file = models / version / "model.skops"
+    model_file.write_bytes(model_file.read_bytes() + b"\0")
+    with pytest.raises(ModelError, match="does not match its recorded hash"):
+        registry.load()  # damaged after loading: checked again, refused

@@ -30,12 +30,13 @@ import platform
 import re
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy
 import scipy
@@ -61,6 +62,10 @@ TRUSTED_TYPES = (
 # Libraries whose versions must match for a saved model to be trusted to behave the same.
 CHECKED_LIBRARIES = ("sklearn", "skops")
 
+_Model = TypeVar("_Model", SectionModel, RelevanceModel)
+_LOADED: dict[tuple[str, tuple[tuple[int, int], ...], str], SectionModel | RelevanceModel] = {}  # see _loaded
+_LOADED_LOCK = threading.Lock()
+_LOADED_MAX = 4
 _VERSION_NAME = re.compile(r"^v(\d{4,})-\d{8}T\d{4}$")
 
 
@@ -125,14 +130,14 @@ class Registry:
         name = version or self.live_version()
         if name is None:
             return None
-        return SectionModel(self._load_pipeline(name, MODEL_FILE), version=name)
+        return self._loaded(name, MODEL_FILE, SectionModel)
 
     def load_relevance(self, version: str | None = None) -> RelevanceModel | None:
         """The relevance model saved beside `version` (None: the live one); None when there is none."""
         name = version or self.live_version()
         if name is None or not (self._folder(name) / RELEVANCE_FILE).exists():
             return None
-        return RelevanceModel(self._load_pipeline(name, RELEVANCE_FILE), version=name)
+        return self._loaded(name, RELEVANCE_FILE, RelevanceModel)
 
     # --- writing -----------------------------------------------------------------------------
 
@@ -242,6 +247,28 @@ class Registry:
             has_relevance=RELEVANCE_FILE in metadata.get("files", {}),
             note=metadata.get("note", ""),
         )
+
+    def _loaded(self, version: str, file_name: str, make: type[_Model]) -> _Model:
+        """The model in `file_name` of `version`, loaded once per process: a worker classifies batch
+        after batch, and a load costs ~0.4 s. The key holds the file's size and change time, so a file
+        or its metadata replaced or damaged since is loaded (and checked) again."""
+        path = self._folder(version) / file_name
+        try:
+            files = (path.stat(), (path.parent / METADATA_FILE).stat())
+            stamps = tuple((seen.st_size, seen.st_mtime_ns) for seen in files)
+        except OSError as exc:
+            raise ModelError(f"cannot read model file {self._display(path)}: {exc}") from exc
+        key = (str(path.resolve()), stamps, make.__name__)
+        with _LOADED_LOCK:
+            found = _LOADED.get(key)
+        if found is None:
+            found = make(self._load_pipeline(version, file_name), version=version)
+            with _LOADED_LOCK:
+                _LOADED[key] = found
+                while len(_LOADED) > _LOADED_MAX:  # the oldest goes: versions come and go
+                    del _LOADED[next(iter(_LOADED))]
+        assert isinstance(found, make)
+        return found
 
     def _load_pipeline(self, version: str, file_name: str) -> Pipeline:
         metadata = self._metadata(version)
