@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import sqlalchemy as sa
@@ -25,13 +26,19 @@ def pg_url() -> Iterator[str]:
     server = os.environ.get(PG_ENV)
     if not server:
         pytest.skip(f"{PG_ENV} is not set")
-    name = f"aggregator_test_{uuid.uuid4().hex[:10]}"
+    with fresh_pg_database(server, "aggregator_test") as url:
+        yield url
+
+
+@contextmanager
+def fresh_pg_database(server: str, prefix: str) -> Iterator[str]:
+    """The URL of a new, empty database on the server `server` names; dropped on exit."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(server).set(database=name).render_as_string(hide_password=False)
     try:
-        yield url
+        yield sa.engine.make_url(server).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

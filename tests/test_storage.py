@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -14,6 +13,7 @@ from aggregator.errors import LockedError, ReviewError, StorageError
 from aggregator.storage import ItemQuery, Storage, derive_state, open_storage
 from aggregator.types import Decision, LabeledExample, Prediction, Source
 from tests.factories import blog_item
+from tests.storage_fixtures import fresh_pg_database
 
 NOW = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 
@@ -207,19 +207,9 @@ def test_bad_database_urls_are_one_line_errors(tmp_path: object) -> None:
 @pytest.mark.postgres
 def test_workers_opening_an_empty_postgres_database_together_all_start(pg_url: str) -> None:
     # Workers started at once on a new database: one migrates, the others wait for it.
-    name = f"aggregator_migrate_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        with ThreadPoolExecutor(4) as pool:
-            opened = list(pool.map(lambda _: open_storage(url), range(4)))
+    with fresh_pg_database(pg_url, "aggregator_migrate") as url, ThreadPoolExecutor(4) as pool:
+        opened = list(pool.map(lambda _: open_storage(url), range(4)))
         versions = {s.schema_version() for s in opened}
         for s in opened:
             s.close()
         assert len(versions) == 1 and next(iter(versions))[0] is not None
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
